@@ -1,0 +1,103 @@
+//! auth-svc: Casebook's `AuthService`.
+//!
+//! `VerifyToken` checks a token given in the request body (for callers that
+//! cannot verify tokens themselves); `WhoAmI` returns the caller's Better Auth
+//! user. Everything about tokens lives in the shared `casebook::auth`; this
+//! crate only wires it to the contract and to Better Auth's `"user"` table.
+
+mod convert;
+mod service;
+
+use std::net::SocketAddr;
+
+use casebook::{
+    auth::AuthLayer,
+    config::{AuthArgs, ConfigError, DatabaseArgs, ServerArgs, TelemetryArgs},
+    db::{
+        ConnectError, Database,
+        users::{SchemaError, UserDirectory},
+    },
+    pb::casebook::auth::v1::auth_service_server::AuthServiceServer,
+    server::{GrpcServer, RunningServer, ServeError},
+};
+use clap::Parser;
+use tokio::net::TcpListener;
+
+pub use service::AuthApi;
+
+/// The one method callable without a bearer token: it takes the token in its body.
+pub const VERIFY_TOKEN_PATH: &str = "/casebook.auth.v1.AuthService/VerifyToken";
+
+/// auth-svc's settings.
+#[derive(Parser, Clone, Debug)]
+#[command(
+    name = "auth-svc",
+    version,
+    about = "Casebook AuthService: verifies Better Auth tokens"
+)]
+pub struct Config {
+    /// Address to listen on for gRPC and grpc-web.
+    #[arg(long, env = "AUTH_SVC_ADDR", default_value = "127.0.0.1:50051")]
+    pub listen_addr: SocketAddr,
+    /// Token verification.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// Better Auth's database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Listener behaviour.
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Logging.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+/// Why auth-svc could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The database is unreachable.
+    #[error(transparent)]
+    Database(#[from] ConnectError),
+    /// Better Auth's tables are missing.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The server could not be assembled.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// Starts auth-svc: connects to the database, starts the JWKS cache and serves.
+/// Health turns SERVING once the first key set is loaded.
+pub async fn build(config: Config) -> Result<RunningServer, StartError> {
+    let verifier = config.auth.verifier()?;
+    let users = UserDirectory::open(Database::connect(&config.database).await?).await?;
+    let listener = TcpListener::bind(config.listen_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen_addr,
+            source,
+        })?;
+    verifier.keys().start();
+    let keys = verifier.keys().clone();
+    let service = AuthServiceServer::new(AuthApi::new(verifier.clone(), users))
+        .max_decoding_message_size(config.server.grpc_max_message_bytes);
+    let server = GrpcServer::new(
+        &config.server,
+        AuthLayer::new(verifier, &[VERIFY_TOKEN_PATH]),
+    )?
+    .add_service(service)
+    .serve(listener, async move { keys.wait_until_loaded().await })?;
+    Ok(server)
+}

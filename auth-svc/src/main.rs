@@ -1,0 +1,12 @@
+//! The `auth-svc` binary: parse settings, start, serve until SIGINT/SIGTERM.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = auth_svc::Config::parse();
+    casebook::telemetry::init(config.telemetry.log_format);
+    let server = auth_svc::build(config).await?;
+    server.run_until_stopped().await?;
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! Settings shared by every service: flags with environment fallbacks.
+//!
+//! Each service's `Config` flattens the groups it needs, so a setting has one
+//! name everywhere (flag, environment variable, docker-compose, Kubernetes,
+//! tests). Values that depend on each other are resolved here once, at start,
+//! and a bad combination fails with one line naming the setting.
+
+use std::time::Duration;
+
+use clap::Args;
+use http::HeaderValue;
+
+use crate::auth::{
+    Algorithm, JwksCache, JwksCacheConfig, TokenVerifier, VerificationPolicy, claims::ClaimRules,
+    verifier::DEFAULT_MAX_TOKEN_BYTES,
+};
+
+/// A configuration error, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
+}
+
+/// Where tokens come from and what they must satisfy.
+#[derive(Args, Clone, Debug)]
+pub struct AuthArgs {
+    /// Base URL of the Better Auth app; JWKS URL, issuer and audience default from it.
+    #[arg(long, env = "BETTER_AUTH_URL")]
+    pub better_auth_url: Option<String>,
+    /// JWKS URL [default: {BETTER_AUTH_URL}/api/auth/jwks].
+    #[arg(long, env = "JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// Required `iss` claim [default: BETTER_AUTH_URL].
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Accepted `aud` values, comma-separated [default: BETTER_AUTH_URL].
+    #[arg(long, env = "JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
+    /// Allowed signature algorithms, comma-separated.
+    #[arg(
+        long,
+        env = "JWT_ALGORITHMS",
+        value_delimiter = ',',
+        default_value = "EdDSA,ES256,ES512,RS256,PS256"
+    )]
+    pub jwt_algorithms: Vec<Algorithm>,
+    /// Tolerated clock skew for exp/nbf/iat.
+    #[arg(long, env = "JWT_LEEWAY", value_parser = duration, default_value = "30s")]
+    pub jwt_leeway: Duration,
+    /// Largest accepted token, in bytes (checked before decoding).
+    #[arg(long, env = "JWT_MAX_TOKEN_BYTES", default_value_t = DEFAULT_MAX_TOKEN_BYTES)]
+    pub jwt_max_token_bytes: usize,
+    /// How long fetched keys are fresh (a Cache-Control max-age overrides).
+    #[arg(long, env = "JWKS_CACHE_TTL", value_parser = duration, default_value = "10m")]
+    pub jwks_cache_ttl: Duration,
+    /// Minimum time between refetches caused by unknown key ids.
+    #[arg(long, env = "JWKS_REFETCH_COOLDOWN", value_parser = duration, default_value = "30s")]
+    pub jwks_refetch_cooldown: Duration,
+    /// Timeout of one JWKS fetch.
+    #[arg(long, env = "JWKS_FETCH_TIMEOUT", value_parser = duration, default_value = "5s")]
+    pub jwks_fetch_timeout: Duration,
+    /// How long the last good keys keep working while the JWKS is unreachable.
+    #[arg(long, env = "JWKS_MAX_STALE", value_parser = duration, default_value = "1h")]
+    pub jwks_max_stale: Duration,
+}
+
+impl AuthArgs {
+    /// Resolves defaults and builds the verifier (its cache not started yet).
+    pub fn verifier(&self) -> Result<TokenVerifier, ConfigError> {
+        let base = self
+            .better_auth_url
+            .as_deref()
+            .map(|url| url.trim_end_matches('/').to_owned());
+        let need = |value: Option<String>, name: &str| {
+            value.or_else(|| base.clone()).ok_or_else(|| {
+                ConfigError(format!(
+                    "{name} is required when BETTER_AUTH_URL is not set"
+                ))
+            })
+        };
+        let jwks_url = match (&self.jwks_url, &base) {
+            (Some(url), _) => url.clone(),
+            (None, Some(base)) => format!("{base}/api/auth/jwks"),
+            (None, None) => need(None, "JWKS_URL")?,
+        };
+        let issuer = need(self.jwt_issuer.clone(), "JWT_ISSUER")?;
+        let audiences = match self.jwt_audience.as_slice() {
+            [] => vec![need(None, "JWT_AUDIENCE")?],
+            given => given.iter().map(|a| a.trim().to_owned()).collect(),
+        };
+        for (name, url) in [("JWKS_URL", &jwks_url), ("BETTER_AUTH_URL", &issuer)] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError(format!(
+                    "{name} must be an http:// or https:// URL, got {url:?}"
+                )));
+            }
+        }
+        if self.jwt_algorithms.is_empty() {
+            return Err(ConfigError(
+                "JWT_ALGORITHMS must name at least one algorithm".into(),
+            ));
+        }
+        let cache = JwksCache::new(JwksCacheConfig {
+            ttl: self.jwks_cache_ttl,
+            refetch_cooldown: self.jwks_refetch_cooldown,
+            fetch_timeout: self.jwks_fetch_timeout,
+            max_stale: self.jwks_max_stale,
+            ..JwksCacheConfig::new(jwks_url)
+        })
+        .map_err(|e| ConfigError(format!("cannot build the JWKS HTTP client: {e}")))?;
+        let policy = VerificationPolicy {
+            algorithms: self.jwt_algorithms.clone(),
+            claims: ClaimRules {
+                issuer,
+                audiences,
+                leeway: self.jwt_leeway,
+            },
+            max_token_bytes: self.jwt_max_token_bytes,
+        };
+        Ok(TokenVerifier::new(cache, policy))
+    }
+}
+
+/// Which database to use.
+#[derive(Args, Clone, Debug)]
+pub struct DatabaseArgs {
+    /// postgres://… for production; sqlite://path for the embedded default.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/casebook.db"
+    )]
+    pub database_url: String,
+    /// Connection pool size.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+    /// How long a call waits for a pooled connection before UNAVAILABLE.
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", value_parser = duration, default_value = "3s")]
+    pub database_acquire_timeout: Duration,
+}
+
+/// How the gRPC listener behaves.
+#[derive(Args, Clone, Debug)]
+pub struct ServerArgs {
+    /// Browser origins allowed to call over grpc-web, comma-separated (none: no CORS).
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
+    /// Largest request message accepted, in bytes.
+    #[arg(long, env = "GRPC_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
+    pub grpc_max_message_bytes: usize,
+    /// How long in-flight calls may run after a shutdown signal.
+    #[arg(long, env = "SHUTDOWN_GRACE", value_parser = duration, default_value = "10s")]
+    pub shutdown_grace: Duration,
+}
+
+impl ServerArgs {
+    /// The CORS origins as header values, each validated.
+    pub fn cors_origins(&self) -> Result<Vec<HeaderValue>, ConfigError> {
+        self.cors_allowed_origins
+            .iter()
+            .map(|origin| origin.trim())
+            .filter(|origin| !origin.is_empty())
+            .map(|origin| {
+                if origin == "*" {
+                    return Err(ConfigError(
+                        "CORS_ALLOWED_ORIGINS must list origins; \"*\" is not allowed".into(),
+                    ));
+                }
+                HeaderValue::from_str(origin).map_err(|_| {
+                    ConfigError(format!(
+                        "CORS_ALLOWED_ORIGINS has an invalid origin {origin:?}"
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+/// Log output.
+#[derive(Args, Clone, Debug)]
+pub struct TelemetryArgs {
+    /// Log format: text or json. Levels come from RUST_LOG (default info).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Log line format.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}

@@ -1,0 +1,18 @@
+//! Casebook's shared library: everything the services have in common.
+//!
+//! - [`pb`]: the generated gRPC contracts (never edited by hand);
+//! - [`auth`]: Better Auth token verification (JWKS cache, verifier, tower layer);
+//! - [`server`]: the bootstrap every service starts through (reflection, health,
+//!   grpc-web + CORS, limits, graceful shutdown);
+//! - [`db`]: database connections and Better Auth's user read model;
+//! - [`config`], [`telemetry`], [`rpc_error`], [`wkt`]: settings, logs, error
+//!   details and protobuf well-known type conversions.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod pb;
+pub mod rpc_error;
+pub mod server;
+pub mod telemetry;
+pub mod wkt;

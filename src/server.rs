@@ -1,0 +1,256 @@
+//! The bootstrap every Casebook service starts through.
+//!
+//! Reading [`GrpcServer::serve`] tells you what every request goes through:
+//! CORS (answers browser preflights) → grpc-web translation → authentication
+//! → the service. Around that, every server gets health (`grpc.health.v1`,
+//! NOT_SERVING until the service says it is ready and again from the moment
+//! shutdown starts), reflection v1 and v1alpha (grpcurl 1.8 speaks only the
+//! latter) and graceful shutdown bounded by a grace period.
+
+use std::{convert::Infallible, future::Future, net::SocketAddr, time::Duration};
+
+use http::{HeaderName, HeaderValue, Method};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{
+    server::NamedService,
+    service::RoutesBuilder,
+    transport::{Server, server::TcpIncoming},
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::{auth::AuthLayer, config::ServerArgs};
+
+/// Request headers a grpc-web client sends.
+const CORS_ALLOWED_HEADERS: [&str; 5] = [
+    "authorization",
+    "content-type",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+];
+/// Response headers a grpc-web client must be able to read.
+const CORS_EXPOSED_HEADERS: [&str; 3] = ["grpc-status", "grpc-message", "grpc-status-details-bin"];
+
+/// Why a server failed to start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Reflection could not be built from the descriptor sets (a build bug).
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The listener failed.
+    #[error("cannot read the listener's address: {0}")]
+    Io(#[from] std::io::Error),
+    /// The transport failed while serving.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// In-flight calls outlived the shutdown grace period.
+    #[error("in-flight calls did not finish within {0:?}; stopped anyway")]
+    GraceExceeded(Duration),
+    /// The server task panicked or was cancelled.
+    #[error("server task ended abnormally: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A service's gRPC server under construction.
+pub struct GrpcServer {
+    options: ServerArgs,
+    cors_origins: Vec<HeaderValue>,
+    auth: AuthLayer,
+    routes: RoutesBuilder,
+    service_names: Vec<&'static str>,
+    health: HealthReporter,
+}
+
+impl GrpcServer {
+    /// A server whose services all sit behind `auth`.
+    pub fn new(options: &ServerArgs, auth: AuthLayer) -> Result<Self, crate::config::ConfigError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(health_service);
+        Ok(Self {
+            cors_origins: options.cors_origins()?,
+            options: options.clone(),
+            auth,
+            routes,
+            service_names: Vec::new(),
+            health,
+        })
+    }
+
+    /// Adds a service; its health reports SERVING once the server is ready.
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.service_names.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Serves on `listener`. Health turns SERVING when `ready` resolves (for
+    /// example once the first JWKS is loaded), so the process can start while
+    /// a dependency is still down without receiving traffic it would fail.
+    pub fn serve(
+        mut self,
+        listener: TcpListener,
+        ready: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<RunningServer, ServeError> {
+        let local_addr = listener.local_addr()?;
+        let (v1, v1alpha) = reflection()?;
+        self.routes.add_service(v1).add_service(v1alpha);
+
+        let cors = CorsLayer::new()
+            .allow_origin(AllowOrigin::list(self.cors_origins))
+            .allow_methods([Method::POST])
+            .allow_headers(CORS_ALLOWED_HEADERS.map(HeaderName::from_static))
+            .expose_headers(CORS_EXPOSED_HEADERS.map(HeaderName::from_static))
+            .max_age(Duration::from_secs(600));
+        let router = Server::builder()
+            .accept_http1(true)
+            .http2_max_header_list_size(64 * 1024)
+            .layer(cors)
+            .layer(tonic_web::GrpcWebLayer::new())
+            .layer(self.auth)
+            .add_routes(self.routes.routes());
+
+        let health = self.health.clone();
+        let names = self.service_names.clone();
+        tokio::spawn(async move {
+            ready.await;
+            set_status(&health, &names, ServingStatus::Serving).await;
+            tracing::info!(services = ?names, "serving");
+        });
+
+        let (stop, stopped) = oneshot::channel::<()>();
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+            // A dropped sender means the handle is gone: stop as well.
+            let _ = stopped.await;
+        }));
+        tracing::info!(%local_addr, "listening");
+        Ok(RunningServer {
+            local_addr,
+            health: self.health,
+            service_names: self.service_names,
+            stop,
+            task,
+            grace: self.options.shutdown_grace,
+        })
+    }
+}
+
+fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    tonic_reflection::server::Error,
+> {
+    let sets: [&[u8]; 4] = [
+        crate::pb::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ];
+    let builder = || {
+        sets.iter().fold(
+            tonic_reflection::server::Builder::configure(),
+            |builder, set| builder.register_encoded_file_descriptor_set(set),
+        )
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
+}
+
+async fn set_status(health: &HealthReporter, names: &[&'static str], status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for name in names {
+        health.set_service_status(*name, status).await;
+    }
+}
+
+/// A server that is accepting calls.
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    health: HealthReporter,
+    service_names: Vec<&'static str>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    grace: Duration,
+}
+
+impl RunningServer {
+    /// The bound address (useful when listening on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The server's health reporter, for services that track more than readiness.
+    pub fn health(&self) -> &HealthReporter {
+        &self.health
+    }
+
+    /// Graceful stop: health flips to NOT_SERVING first, then the listener
+    /// closes and in-flight calls get up to the grace period to finish.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        set_status(&self.health, &self.service_names, ServingStatus::NotServing).await;
+        // The server may already have stopped; then there is nobody to tell.
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        match tokio::time::timeout(self.grace, &mut task).await {
+            Ok(result) => Ok(result??),
+            Err(_) => {
+                task.abort();
+                Err(ServeError::GraceExceeded(self.grace))
+            }
+        }
+    }
+
+    /// Serves until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run_until_stopped(mut self) -> Result<(), ServeError> {
+        tokio::select! {
+            () = shutdown_signal() => {
+                tracing::info!("shutdown signal received; draining");
+                self.shutdown().await
+            }
+            result = &mut self.task => Ok(result??),
+        }
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (what orchestrators send).
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

@@ -100,7 +100,7 @@ impl GrpcServer {
     /// Serves on `listener`. Health turns SERVING when `ready` resolves (for
     /// example once the first JWKS is loaded), so the process can start while
     /// a dependency is still down without receiving traffic it would fail.
-    pub fn serve(
+    pub async fn serve(
         mut self,
         listener: TcpListener,
         ready: impl Future<Output = ()> + Send + 'static,
@@ -123,6 +123,7 @@ impl GrpcServer {
             .layer(self.auth)
             .add_routes(self.routes.routes());
 
+        set_status(&self.health, &self.service_names, ServingStatus::NotServing).await;
         let health = self.health.clone();
         let names = self.service_names.clone();
         tokio::spawn(async move {

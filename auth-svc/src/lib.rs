@@ -33,7 +33,8 @@ pub const VERIFY_TOKEN_PATH: &str = "/casebook.auth.v1.AuthService/VerifyToken";
 #[command(
     name = "auth-svc",
     version,
-    about = "Casebook AuthService: verifies Better Auth tokens"
+    about = "Casebook AuthService: verifies Better Auth tokens",
+    args_override_self = true
 )]
 pub struct Config {
     /// Address to listen on for gRPC and grpc-web.
@@ -98,6 +99,7 @@ pub async fn build(config: Config) -> Result<RunningServer, StartError> {
         AuthLayer::new(verifier, &[VERIFY_TOKEN_PATH]),
     )?
     .add_service(service)
-    .serve(listener, async move { keys.wait_until_loaded().await })?;
+    .serve(listener, async move { keys.wait_until_loaded().await })
+    .await?;
     Ok(server)
 }

@@ -1,0 +1,458 @@
+//! Shared test fixture: a real JWKS over HTTP, a token issuer, a real database
+//! (SQLite by default, PostgreSQL when `CASEBOOK_TEST_POSTGRES` is set) and
+//! services started on ephemeral ports exactly as their binaries start them.
+
+#![allow(dead_code)] // each test binary uses a different part of the fixture
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use casebook::{
+    auth::{Algorithm, issuer::SigningKey},
+    rpc_error::ERROR_DOMAIN,
+    server::RunningServer,
+};
+use clap::Parser;
+use http_body_util::Full;
+use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use sqlx::{Connection, Executor};
+use tonic::{Code, Status, transport::Channel};
+use tonic_types::StatusExt;
+
+/// The issuer every test token claims (Better Auth's base URL).
+pub const ISSUER: &str = "http://better-auth.test";
+
+/// Environment variable naming a PostgreSQL admin URL; when set, every test
+/// database is a fresh PostgreSQL database instead of a SQLite file.
+pub const POSTGRES_ENV: &str = "CASEBOOK_TEST_POSTGRES";
+
+/// A unique suffix for names: process id, time and a counter.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}_{}_{nanos:x}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// How the test JWKS endpoint answers.
+#[derive(Clone, Debug)]
+pub enum Behaviour {
+    /// 200 with the current document.
+    Serve,
+    /// The given HTTP status, empty body.
+    Status(u16),
+    /// 200 with a body that is not JSON.
+    Garbage,
+    /// The document, after a delay.
+    Slow(Duration),
+    /// Close the connection without answering.
+    Hang,
+}
+
+struct JwksState {
+    document: Mutex<String>,
+    cache_control: Mutex<Option<String>>,
+    behaviour: Mutex<Behaviour>,
+    hits: AtomicUsize,
+}
+
+/// A real HTTP server publishing a JWKS and counting requests.
+pub struct JwksServer {
+    addr: SocketAddr,
+    state: Arc<JwksState>,
+}
+
+impl JwksServer {
+    pub async fn start(document: Value) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(JwksState {
+            document: Mutex::new(document.to_string()),
+            cache_control: Mutex::new(None),
+            behaviour: Mutex::new(Behaviour::Serve),
+            hits: AtomicUsize::new(0),
+        });
+        let shared = Arc::clone(&state);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let state = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| answer(Arc::clone(&state), request));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/api/auth/jwks", self.addr)
+    }
+
+    pub fn publish(&self, document: Value) {
+        *self.state.document.lock().unwrap() = document.to_string();
+    }
+
+    pub fn set_cache_control(&self, value: Option<&str>) {
+        *self.state.cache_control.lock().unwrap() = value.map(str::to_owned);
+    }
+
+    pub fn behave(&self, behaviour: Behaviour) {
+        *self.state.behaviour.lock().unwrap() = behaviour;
+    }
+
+    /// Requests received so far.
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug)]
+struct Hangup;
+impl std::fmt::Display for Hangup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("hang up")
+    }
+}
+impl std::error::Error for Hangup {}
+
+async fn answer(
+    state: Arc<JwksState>,
+    _request: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Hangup> {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    let behaviour = state.behaviour.lock().unwrap().clone();
+    let document = state.document.lock().unwrap().clone();
+    let cache_control = state.cache_control.lock().unwrap().clone();
+    let ok = |body: String| {
+        let mut response = Response::builder().header("content-type", "application/json");
+        if let Some(value) = &cache_control {
+            response = response.header("cache-control", value);
+        }
+        Ok(response.body(Full::new(Bytes::from(body))).unwrap())
+    };
+    match behaviour {
+        Behaviour::Serve => ok(document),
+        Behaviour::Status(code) => Ok(Response::builder()
+            .status(code)
+            .body(Full::new(Bytes::new()))
+            .unwrap()),
+        Behaviour::Garbage => ok("<html>not a jwks</html>".into()),
+        Behaviour::Slow(delay) => {
+            tokio::time::sleep(delay).await;
+            ok(document)
+        }
+        Behaviour::Hang => Err(Hangup),
+    }
+}
+
+/// Signing keys standing in for Better Auth.
+pub struct Issuer {
+    pub keys: Vec<SigningKey>,
+}
+
+impl Issuer {
+    /// One key per algorithm, kids `kid-EdDSA`, `kid-ES256`, ...
+    pub fn every_algorithm() -> Self {
+        Self {
+            keys: Algorithm::ALL
+                .iter()
+                .map(|alg| SigningKey::generate(*alg, format!("kid-{alg}")).unwrap())
+                .collect(),
+        }
+    }
+
+    pub fn single(algorithm: Algorithm) -> Self {
+        Self {
+            keys: vec![SigningKey::generate(algorithm, format!("kid-{algorithm}")).unwrap()],
+        }
+    }
+
+    pub fn jwks(&self) -> Value {
+        casebook::auth::issuer::jwks(&self.keys)
+    }
+
+    pub fn key(&self, algorithm: Algorithm) -> &SigningKey {
+        self.keys
+            .iter()
+            .find(|k| k.algorithm() == algorithm)
+            .unwrap()
+    }
+
+    /// A valid token for `user_id`, signed with the first key.
+    pub fn token(&self, user_id: &str) -> String {
+        self.keys[0].sign(&claims(user_id))
+    }
+}
+
+/// Claims shaped like Better Auth's default payload, valid for 15 minutes.
+pub fn claims(user_id: &str) -> Value {
+    let now = now();
+    json!({
+        "iat": now,
+        "name": "Carol", "email": "carol@example.com", "emailVerified": false, "image": null,
+        "createdAt": "2026-11-25T23:39:38.439Z", "updatedAt": "2026-11-25T23:39:38.439Z",
+        "id": user_id, "sub": user_id,
+        "exp": now + 900, "iss": ISSUER, "aud": ISSUER,
+    })
+}
+
+/// Asserts `status` has `code` and an ErrorInfo with `reason` in our domain.
+#[track_caller]
+pub fn assert_reason(status: &Status, code: Code, reason: &str) {
+    assert_eq!(status.code(), code, "unexpected code: {status:?}");
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.reason, reason, "unexpected reason: {status:?}");
+    assert_eq!(info.domain, ERROR_DOMAIN);
+}
+
+/// A throwaway database holding Better Auth's tables.
+pub struct TestDb {
+    url: String,
+    cleanup: Option<(String, String)>, // (admin url, database name) for PostgreSQL
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let db = match std::env::var(POSTGRES_ENV) {
+            Ok(admin) => Self::postgres(admin).await,
+            Err(_) => Self::sqlite(),
+        };
+        db.execute_script(if db.is_postgres() {
+            include_str!("../data/better_auth.postgres.sql")
+        } else {
+            include_str!("../data/better_auth.sqlite.sql")
+        })
+        .await;
+        db
+    }
+
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/casebook.db?mode=rwc", dir.path().display());
+        Self {
+            url,
+            cleanup: None,
+            _dir: Some(dir),
+        }
+    }
+
+    async fn postgres(admin: String) -> Self {
+        let name = unique("casebook_test");
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("{POSTGRES_ENV} is set but PostgreSQL is unreachable: {e}"));
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .await
+            .unwrap();
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        Self {
+            url: format!("{base}/{name}"),
+            cleanup: Some((admin, name)),
+            _dir: None,
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.cleanup.is_some()
+    }
+
+    /// Runs `sql` (several statements) on the test database.
+    pub async fn execute_script(&self, sql: &str) {
+        if self.is_postgres() {
+            let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            conn.execute(sqlx::AssertSqlSafe(sql.to_owned()))
+                .await
+                .unwrap();
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+            conn.execute(sqlx::AssertSqlSafe(sql.to_owned()))
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Inserts a Better Auth user the way Better Auth writes one.
+    pub async fn insert_user(&self, id: &str, name: &str, email: &str) {
+        let sql = r#"INSERT INTO "user" ("id", "name", "email", "emailVerified", "image", "createdAt", "updatedAt") VALUES ($1, $2, $3, $4, NULL, $5, $5)"#;
+        if self.is_postgres() {
+            let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            let at = chrono::DateTime::parse_from_rfc3339("2026-11-25T23:37:56.395Z").unwrap();
+            sqlx::query(sql)
+                .bind(id)
+                .bind(name)
+                .bind(email)
+                .bind(true)
+                .bind(at)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+            sqlx::query(sql)
+                .bind(id)
+                .bind(name)
+                .bind(email)
+                .bind(1_i64)
+                .bind("2026-11-25T23:37:56.395Z")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+
+    pub async fn delete_user(&self, id: &str) {
+        let sql = r#"DELETE FROM "user" WHERE "id" = $1"#;
+        if self.is_postgres() {
+            let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            sqlx::query(sql).bind(id).execute(&mut conn).await.unwrap();
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+            sqlx::query(sql).bind(id).execute(&mut conn).await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((admin, name)) = self.cleanup.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime, which cannot block on itself.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = conn
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                        )))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// auth-svc running on an ephemeral port against a test JWKS and database.
+pub struct AuthSvc {
+    pub server: RunningServer,
+    pub jwks: JwksServer,
+    pub issuer: Issuer,
+    pub db: TestDb,
+}
+
+impl AuthSvc {
+    /// Every algorithm published; `extra` flags appended to the command line.
+    pub async fn start(extra: &[&str]) -> Self {
+        Self::start_with(Issuer::every_algorithm(), extra).await
+    }
+
+    pub async fn start_with(issuer: Issuer, extra: &[&str]) -> Self {
+        let jwks = JwksServer::start(issuer.jwks()).await;
+        Self::start_on(jwks, issuer, extra).await
+    }
+
+    /// Starts against a JWKS server the test prepared (e.g. already down).
+    pub async fn start_on(jwks: JwksServer, issuer: Issuer, extra: &[&str]) -> Self {
+        let db = TestDb::create().await;
+        let jwks_url = jwks.url();
+        let mut args = vec![
+            "auth-svc",
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--better-auth-url",
+            ISSUER,
+            "--jwks-url",
+            &jwks_url,
+            "--database-url",
+            db.url(),
+        ];
+        args.extend_from_slice(extra);
+        let config = auth_svc::Config::try_parse_from(args).unwrap();
+        let server = auth_svc::build(config).await.unwrap();
+        Self {
+            server,
+            jwks,
+            issuer,
+            db,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub async fn client(
+        &self,
+    ) -> casebook::pb::casebook::auth::v1::auth_service_client::AuthServiceClient<Channel> {
+        casebook::pb::casebook::auth::v1::auth_service_client::AuthServiceClient::new(
+            self.channel().await,
+        )
+    }
+}
+
+/// A request carrying `authorization: Bearer <token>`.
+pub fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// Polls `check` until it holds or `limit` passes.
+pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

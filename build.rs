@@ -6,7 +6,10 @@ use std::{env, fs, path::PathBuf};
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["casebook/auth/v1/auth.proto"];
+const PROTOS: &[&str] = &[
+    "casebook/auth/v1/auth.proto",
+    "casebook/cases/v1/cases.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

@@ -14,9 +14,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use casebook::auth::{
-    JwksCache, JwksCacheConfig, TokenVerifier, VerificationPolicy, jwk::KeySet,
-};
+use casebook::auth::{JwksCache, JwksCacheConfig, TokenVerifier, VerificationPolicy, jwk::KeySet};
 use common::{ISSUER, Issuer, JwksServer, claims};
 
 const ITERATIONS: u32 = 20_000;
@@ -38,7 +36,9 @@ async fn run() {
     let server = JwksServer::start(issuer.jwks()).await;
     let (keys, _) = KeySet::from_json(issuer.jwks().to_string().as_bytes()).unwrap();
 
-    println!("| algorithm | raw signature (µs) | full check, warm (µs) | warm / raw | first check incl. JWKS fetch (µs) |");
+    println!(
+        "| algorithm | raw signature (µs) | full check, warm (µs) | warm / raw | first check incl. JWKS fetch (µs) |"
+    );
     println!("|---|---|---|---|---|");
     for key in &issuer.keys {
         let token = key.sign(&claims("bench-user"));

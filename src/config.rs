@@ -20,7 +20,9 @@ use crate::auth::{
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(pub String);
 
-fn duration(text: &str) -> Result<Duration, humantime::DurationError> {
+/// Parses a humane duration (`30s`, `10m`, `30d`): the value parser of every
+/// duration setting.
+pub fn duration(text: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(text)
 }
 

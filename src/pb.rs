@@ -11,6 +11,14 @@ pub mod casebook {
             tonic::include_proto!("casebook.auth.v1");
         }
     }
+
+    /// `casebook.cases.v1`: the caller's cases.
+    pub mod cases {
+        /// Version 1 of the cases contract.
+        pub mod v1 {
+            tonic::include_proto!("casebook.cases.v1");
+        }
+    }
 }
 
 /// Encoded descriptors of every Casebook contract, served by reflection.

@@ -52,6 +52,41 @@ pub enum ServeError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// Why a service could not start. Every variant's message names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The database is unreachable or `DATABASE_URL` is wrong.
+    #[error(transparent)]
+    Database(#[from] crate::db::ConnectError),
+    /// Better Auth's tables are missing.
+    #[error(transparent)]
+    Schema(#[from] crate::db::users::SchemaError),
+    /// The service's own storage could not be prepared (e.g. a migration).
+    #[error("{0}")]
+    Storage(Box<dyn std::error::Error + Send + Sync>),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The server could not be assembled.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// Binds the listen address, naming it in the error.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
 /// A service's gRPC server under construction.
 pub struct GrpcServer {
     options: ServerArgs,

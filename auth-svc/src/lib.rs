@@ -12,16 +12,12 @@ use std::net::SocketAddr;
 
 use casebook::{
     auth::AuthLayer,
-    config::{AuthArgs, ConfigError, DatabaseArgs, ServerArgs, TelemetryArgs},
-    db::{
-        ConnectError, Database,
-        users::{SchemaError, UserDirectory},
-    },
+    config::{AuthArgs, DatabaseArgs, ServerArgs, TelemetryArgs},
+    db::{Database, users::UserDirectory},
     pb::casebook::auth::v1::auth_service_server::AuthServiceServer,
-    server::{GrpcServer, RunningServer, ServeError},
+    server::{self, GrpcServer, RunningServer, StartError},
 };
 use clap::Parser;
-use tokio::net::TcpListener;
 
 pub use service::AuthApi;
 
@@ -54,42 +50,12 @@ pub struct Config {
     pub telemetry: TelemetryArgs,
 }
 
-/// Why auth-svc could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// A setting is invalid.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The database is unreachable.
-    #[error(transparent)]
-    Database(#[from] ConnectError),
-    /// Better Auth's tables are missing.
-    #[error(transparent)]
-    Schema(#[from] SchemaError),
-    /// The address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The configured address.
-        addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The server could not be assembled.
-    #[error(transparent)]
-    Serve(#[from] ServeError),
-}
-
 /// Starts auth-svc: connects to the database, starts the JWKS cache and serves.
 /// Health turns SERVING once the first key set is loaded.
 pub async fn build(config: Config) -> Result<RunningServer, StartError> {
     let verifier = config.auth.verifier()?;
     let users = UserDirectory::open(Database::connect(&config.database).await?).await?;
-    let listener = TcpListener::bind(config.listen_addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen_addr,
-            source,
-        })?;
+    let listener = server::bind(config.listen_addr).await?;
     verifier.keys().start();
     let keys = verifier.keys().clone();
     let service = AuthServiceServer::new(AuthApi::new(verifier.clone(), users))

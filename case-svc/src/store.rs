@@ -295,13 +295,20 @@ pub struct CaseStore {
 }
 
 impl CaseStore {
-    /// Checks Better Auth's tables exist, then migrates. sqlx's migrator takes
-    /// a database lock, so replicas starting together migrate once.
+    /// Checks Better Auth's tables exist, then migrates. On PostgreSQL sqlx's
+    /// migrator holds an advisory lock, so replicas starting together migrate
+    /// once. SQLite has no such lock: there the loser of a race fails its
+    /// transaction, and simply runs the migrator again, which then finds
+    /// everything applied.
     pub async fn open(db: Database) -> Result<Self, OpenError> {
         casebook::db::users::UserDirectory::open(db.clone()).await?;
         match &db {
             Database::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
-            Database::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await?,
+            Database::Sqlite(pool) => {
+                if SQLITE_MIGRATIONS.run(pool).await.is_err() {
+                    SQLITE_MIGRATIONS.run(pool).await?;
+                }
+            }
         }
         Ok(Self {
             db,

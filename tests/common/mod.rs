@@ -368,51 +368,71 @@ impl Drop for TestDb {
     }
 }
 
-/// auth-svc running on an ephemeral port against a test JWKS and database.
-pub struct AuthSvc {
-    pub server: RunningServer,
+/// What every service under test needs: a JWKS endpoint, an issuer whose keys
+/// it publishes, and a database with Better Auth's tables.
+pub struct TestEnv {
     pub jwks: JwksServer,
     pub issuer: Issuer,
     pub db: TestDb,
 }
 
-impl AuthSvc {
-    /// Every algorithm published; `extra` flags appended to the command line.
-    pub async fn start(extra: &[&str]) -> Self {
-        Self::start_with(Issuer::every_algorithm(), extra).await
-    }
-
-    pub async fn start_with(issuer: Issuer, extra: &[&str]) -> Self {
+impl TestEnv {
+    pub async fn new(issuer: Issuer) -> Self {
         let jwks = JwksServer::start(issuer.jwks()).await;
-        Self::start_on(jwks, issuer, extra).await
+        Self::with_jwks(jwks, issuer).await
     }
 
-    /// Starts against a JWKS server the test prepared (e.g. already down).
-    pub async fn start_on(jwks: JwksServer, issuer: Issuer, extra: &[&str]) -> Self {
-        let db = TestDb::create().await;
-        let jwks_url = jwks.url();
-        let mut args = vec![
-            "auth-svc",
+    pub async fn with_jwks(jwks: JwksServer, issuer: Issuer) -> Self {
+        Self {
+            jwks,
+            issuer,
+            db: TestDb::create().await,
+        }
+    }
+
+    /// The command line of `program` pointed at this environment, then `extra`.
+    pub fn args(&self, program: &str, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = [
+            program,
             "--listen-addr",
             "127.0.0.1:0",
             "--better-auth-url",
             ISSUER,
             "--jwks-url",
-            &jwks_url,
+            &self.jwks.url(),
             "--database-url",
-            db.url(),
-        ];
-        args.extend_from_slice(extra);
-        let config = auth_svc::Config::try_parse_from(args).unwrap();
-        let server = auth_svc::build(config).await.unwrap();
-        Self {
-            server,
-            jwks,
-            issuer,
-            db,
-        }
+            self.db.url(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        args
     }
 
+    /// Inserts a Better Auth user and returns a valid token for it.
+    pub async fn user(&self, id: &str) -> String {
+        self.db
+            .insert_user(id, &format!("User {id}"), &format!("{id}@example.com"))
+            .await;
+        self.issuer.token(id)
+    }
+}
+
+/// A service running on an ephemeral port inside its [`TestEnv`].
+pub struct Running {
+    pub server: RunningServer,
+    pub env: TestEnv,
+}
+
+impl std::ops::Deref for Running {
+    type Target = TestEnv;
+
+    fn deref(&self) -> &TestEnv {
+        &self.env
+    }
+}
+
+impl Running {
     pub fn addr(&self) -> SocketAddr {
         self.server.local_addr()
     }
@@ -424,11 +444,67 @@ impl AuthSvc {
             .await
             .unwrap()
     }
+}
+
+/// auth-svc under test.
+pub type AuthSvc = Running;
+
+impl AuthSvc {
+    /// Every algorithm published; `extra` flags appended to the command line.
+    pub async fn start(extra: &[&str]) -> Self {
+        Self::start_with(Issuer::every_algorithm(), extra).await
+    }
+
+    pub async fn start_with(issuer: Issuer, extra: &[&str]) -> Self {
+        Self::start_in(TestEnv::new(issuer).await, extra).await
+    }
+
+    /// Starts against a JWKS server the test prepared (e.g. already down).
+    pub async fn start_on(jwks: JwksServer, issuer: Issuer, extra: &[&str]) -> Self {
+        Self::start_in(TestEnv::with_jwks(jwks, issuer).await, extra).await
+    }
+
+    pub async fn start_in(env: TestEnv, extra: &[&str]) -> Self {
+        let config = auth_svc::Config::try_parse_from(env.args("auth-svc", extra)).unwrap();
+        let server = auth_svc::build(config).await.unwrap();
+        Self { server, env }
+    }
 
     pub async fn client(
         &self,
     ) -> casebook::pb::casebook::auth::v1::auth_service_client::AuthServiceClient<Channel> {
         casebook::pb::casebook::auth::v1::auth_service_client::AuthServiceClient::new(
+            self.channel().await,
+        )
+    }
+}
+
+/// case-svc under test, with its own service type so both can coexist.
+pub struct CaseSvc(pub Running);
+
+impl std::ops::Deref for CaseSvc {
+    type Target = Running;
+
+    fn deref(&self) -> &Running {
+        &self.0
+    }
+}
+
+impl CaseSvc {
+    pub async fn start(extra: &[&str]) -> Self {
+        Self::start_in(TestEnv::new(Issuer::single(Algorithm::EdDsa)).await, extra).await
+    }
+
+    pub async fn start_in(env: TestEnv, extra: &[&str]) -> Self {
+        let config = case_svc::Config::try_parse_from(env.args("case-svc", extra)).unwrap();
+        let server = case_svc::build(config).await.unwrap();
+        Self(Running { server, env })
+    }
+
+    pub async fn client(
+        &self,
+    ) -> casebook::pb::casebook::cases::v1::case_service_client::CaseServiceClient<Channel> {
+        casebook::pb::casebook::cases::v1::case_service_client::CaseServiceClient::new(
             self.channel().await,
         )
     }

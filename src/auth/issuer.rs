@@ -35,6 +35,11 @@ enum Pair {
 #[error("could not generate a {0} signing key")]
 pub struct KeyGenerationFailed(Algorithm);
 
+/// Stored key bytes that are not an Ed25519 PKCS#8 key.
+#[derive(Debug, thiserror::Error)]
+#[error("not an Ed25519 PKCS#8 key: {0}")]
+pub struct InvalidKey(String);
+
 impl SigningKey {
     /// Generates a fresh key (RSA keys are 2048-bit, as Better Auth's).
     pub fn generate(
@@ -58,6 +63,32 @@ impl SigningKey {
             kid: kid.into(),
             algorithm,
             pair,
+        })
+    }
+
+    /// A fresh Ed25519 key as PKCS#8 (what the development issuer keeps on disk).
+    pub fn generate_ed25519_pkcs8() -> Result<Vec<u8>, KeyGenerationFailed> {
+        Ed25519KeyPair::generate()
+            .and_then(|pair| pair.to_pkcs8())
+            .map(|der| der.as_ref().to_vec())
+            .map_err(|_| KeyGenerationFailed(Algorithm::EdDsa))
+    }
+
+    /// An Ed25519 key from PKCS#8, its `kid` derived from the public key so it
+    /// is stable across restarts.
+    pub fn ed25519_from_pkcs8(pkcs8: &[u8]) -> Result<Self, InvalidKey> {
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|e| InvalidKey(e.to_string()))?;
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, pair.public_key().as_ref());
+        let kid = URL_SAFE_NO_PAD
+            .encode(digest.as_ref())
+            .chars()
+            .take(22)
+            .collect();
+        Ok(Self {
+            kid,
+            algorithm: Algorithm::EdDsa,
+            pair: Pair::Ed25519(pair),
         })
     }
 

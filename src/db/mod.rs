@@ -81,6 +81,14 @@ impl Database {
         }
     }
 
+    /// Closes every pooled connection.
+    pub async fn close(&self) {
+        match self {
+            Self::Postgres(pool) => pool.close().await,
+            Self::Sqlite(pool) => pool.close().await,
+        }
+    }
+
     /// Whether `table` exists (in the search path, on PostgreSQL).
     pub async fn has_table(&self, table: &str) -> Result<bool, sqlx::Error> {
         match self {

@@ -245,9 +245,9 @@ impl TestDb {
             Err(_) => Self::sqlite(),
         };
         db.execute_script(if db.is_postgres() {
-            include_str!("../data/better_auth.postgres.sql")
+            include_str!("../../stack/better-auth/schema.postgres.sql")
         } else {
-            include_str!("../data/better_auth.sqlite.sql")
+            include_str!("../../stack/better-auth/schema.sqlite.sql")
         })
         .await;
         db

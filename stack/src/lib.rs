@@ -1,0 +1,224 @@
+//! The whole Casebook system in one process, for a laptop: auth-svc and
+//! case-svc on the embedded SQLite default, plus a development token issuer
+//! standing in for Better Auth. Each service starts exactly as its own binary
+//! would (same `build`, same settings); the stack only supplies what Better
+//! Auth would: keys, a JWKS URL, its tables and a user.
+
+pub mod better_auth;
+pub mod dev_issuer;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use casebook::{
+    config::{DatabaseArgs, duration},
+    db::Database,
+    server::RunningServer,
+};
+use clap::{Args, Parser, Subcommand};
+
+use better_auth::UserRow;
+use dev_issuer::DevIssuer;
+
+/// Email of the user the stack creates and prints a token for.
+pub const DEMO_EMAIL: &str = "demo@casebook.local";
+
+/// `casebook`: run the stack, or mint a development token.
+#[derive(Parser, Debug)]
+#[command(
+    name = "casebook",
+    version,
+    about = "Casebook's services in one process, with a development token issuer",
+    args_override_self = true
+)]
+pub struct Cli {
+    /// What to do (default: run the stack).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Where and how the stack runs.
+    #[command(flatten)]
+    pub stack: StackArgs,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print a development token for a user (created if missing), for scripts.
+    Token {
+        /// The user's email.
+        #[arg(long)]
+        email: String,
+        /// Display name for a new user [default: the email's local part].
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+/// Settings of the development stack.
+#[derive(Args, Clone, Debug)]
+pub struct StackArgs {
+    /// Directory for the SQLite database and the issuer's key (created on first start).
+    #[arg(long, env = "CASEBOOK_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Loopback address of the development issuer (serves /api/auth/jwks).
+    #[arg(long, env = "DEV_ISSUER_ADDR", default_value = "127.0.0.1:3900")]
+    pub issuer_addr: SocketAddr,
+    /// Database [default: sqlite://{CASEBOOK_DATA_DIR}/casebook.db].
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// auth-svc's address.
+    #[arg(long, env = "AUTH_SVC_ADDR", default_value = "127.0.0.1:50051")]
+    pub auth_svc_addr: SocketAddr,
+    /// case-svc's address.
+    #[arg(long, env = "CASE_SVC_ADDR", default_value = "127.0.0.1:50052")]
+    pub case_svc_addr: SocketAddr,
+    /// Lifetime of the tokens the stack prints.
+    #[arg(long, env = "DEV_TOKEN_LIFETIME", value_parser = duration, default_value = "12h")]
+    pub token_lifetime: Duration,
+}
+
+impl StackArgs {
+    fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}/casebook.db", self.data_dir.display()))
+    }
+
+    async fn database(&self) -> anyhow::Result<Database> {
+        let url = self.database_url();
+        let args = DatabaseOnly::try_parse_from(["casebook", "--database-url", &url])?;
+        let db = Database::connect(&args.database).await?;
+        better_auth::ensure_schema(&db).await?;
+        Ok(db)
+    }
+}
+
+/// `DatabaseArgs` alone, so the stack opens the database exactly as services do.
+#[derive(Parser)]
+struct DatabaseOnly {
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+/// The running stack.
+pub struct Stack {
+    issuer: DevIssuer,
+    /// auth-svc.
+    pub auth: RunningServer,
+    /// case-svc.
+    pub cases: RunningServer,
+    /// The demo user.
+    pub demo: UserRow,
+    /// A token for the demo user.
+    pub token: String,
+    token_lifetime: Duration,
+    data_dir: PathBuf,
+}
+
+impl Stack {
+    /// Starts the issuer and every service, creating data on first start.
+    pub async fn start(args: &StackArgs) -> anyhow::Result<Self> {
+        let key = dev_issuer::load_or_create_key(&args.data_dir)?;
+        let db = args.database().await?;
+        let demo = better_auth::ensure_user(&db, DEMO_EMAIL, "Demo User").await?;
+        db.close().await;
+        let issuer = DevIssuer::start(key, args.issuer_addr).await?;
+        let database_url = args.database_url();
+        let service_args = |program: &str, addr: SocketAddr| {
+            [
+                program.to_owned(),
+                "--listen-addr".into(),
+                addr.to_string(),
+                "--better-auth-url".into(),
+                issuer.url().to_owned(),
+                "--database-url".into(),
+                database_url.clone(),
+            ]
+        };
+        let auth = auth_svc::build(auth_svc::Config::try_parse_from(service_args(
+            "auth-svc",
+            args.auth_svc_addr,
+        ))?)
+        .await?;
+        let cases = case_svc::build(case_svc::Config::try_parse_from(service_args(
+            "case-svc",
+            args.case_svc_addr,
+        ))?)
+        .await?;
+        let token = issuer.mint(&demo, args.token_lifetime);
+        Ok(Self {
+            issuer,
+            auth,
+            cases,
+            demo,
+            token,
+            token_lifetime: args.token_lifetime,
+            data_dir: args.data_dir.clone(),
+        })
+    }
+
+    /// The issuer's base URL (what the services use as `BETTER_AUTH_URL`).
+    pub fn issuer_url(&self) -> &str {
+        self.issuer.url()
+    }
+
+    /// The banner: where everything is and commands that work as printed.
+    pub fn banner(&self) -> String {
+        let (auth, cases) = (self.auth.local_addr(), self.cases.local_addr());
+        let token = &self.token;
+        format!(
+            r#"
+Casebook is running (data in {data}).
+
+  auth-svc  {auth}   casebook.auth.v1.AuthService    gRPC and grpc-web
+  case-svc  {cases}   casebook.cases.v1.CaseService   gRPC and grpc-web
+  issuer    {issuer}/api/auth/jwks   development keys (stands in for Better Auth)
+
+Signed in as {email} ({id}). Token (valid {lifetime}):
+
+export JWT={token}
+
+grpcurl -plaintext -H "authorization: Bearer $JWT" {auth} casebook.auth.v1.AuthService/WhoAmI
+grpcurl -plaintext -H "authorization: Bearer $JWT" -d '{{"case":{{"title":"Printer on fire","type":"INCIDENT"}}}}' {cases} casebook.cases.v1.CaseService/CreateCase
+grpcurl -plaintext -H "authorization: Bearer $JWT" {cases} casebook.cases.v1.CaseService/ListCases
+cargo stack token --email you@example.com    # a token for another user
+
+Ctrl-C stops everything.
+"#,
+            data = self.data_dir.display(),
+            issuer = self.issuer.url(),
+            email = self.demo.email,
+            id = self.demo.id,
+            lifetime = humantime::format_duration(self.token_lifetime),
+        )
+    }
+
+    /// Stops the services (gracefully) and the issuer.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let (auth, cases) = tokio::join!(self.auth.shutdown(), self.cases.shutdown());
+        self.issuer.stop();
+        auth?;
+        cases?;
+        Ok(())
+    }
+}
+
+/// `casebook token`: a token for `email` from the development issuer's key,
+/// without the stack running (the issuer URL is the configured address).
+pub async fn mint_token(
+    args: &StackArgs,
+    email: &str,
+    name: Option<&str>,
+) -> anyhow::Result<String> {
+    let key = dev_issuer::load_or_create_key(&args.data_dir)?;
+    let db = args.database().await?;
+    let default_name = email.split('@').next().unwrap_or(email);
+    let user = better_auth::ensure_user(&db, email, name.unwrap_or(default_name)).await?;
+    db.close().await;
+    let issuer_url = format!("http://{}", args.issuer_addr);
+    Ok(dev_issuer::mint(
+        &key,
+        &issuer_url,
+        &user,
+        args.token_lifetime,
+    ))
+}

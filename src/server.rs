@@ -91,7 +91,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 pub struct GrpcServer {
     options: ServerArgs,
     cors_origins: Vec<HeaderValue>,
-    auth: AuthLayer,
+    auth: Option<AuthLayer>,
     routes: RoutesBuilder,
     service_names: Vec<&'static str>,
     health: HealthReporter,
@@ -100,6 +100,19 @@ pub struct GrpcServer {
 impl GrpcServer {
     /// A server whose services all sit behind `auth`.
     pub fn new(options: &ServerArgs, auth: AuthLayer) -> Result<Self, crate::config::ConfigError> {
+        Self::with_auth(options, Some(auth))
+    }
+
+    /// A server that authenticates nothing itself: only for a proxy whose
+    /// upstreams authenticate every call they receive (the gateway).
+    pub fn without_auth(options: &ServerArgs) -> Result<Self, crate::config::ConfigError> {
+        Self::with_auth(options, None)
+    }
+
+    fn with_auth(
+        options: &ServerArgs,
+        auth: Option<AuthLayer>,
+    ) -> Result<Self, crate::config::ConfigError> {
         let (health, health_service) = tonic_health::server::health_reporter();
         let mut routes = RoutesBuilder::default();
         routes.add_service(health_service);
@@ -155,7 +168,7 @@ impl GrpcServer {
             .http2_max_header_list_size(64 * 1024)
             .layer(cors)
             .layer(tonic_web::GrpcWebLayer::new())
-            .layer(self.auth)
+            .layer(tower::util::option_layer(self.auth))
             .add_routes(self.routes.routes());
 
         set_status(&self.health, &self.service_names, ServingStatus::NotServing).await;

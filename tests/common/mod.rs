@@ -421,7 +421,7 @@ impl TestEnv {
 /// A service running on an ephemeral port inside its [`TestEnv`].
 pub struct Running {
     pub server: RunningServer,
-    pub env: TestEnv,
+    pub env: Arc<TestEnv>,
 }
 
 impl std::ops::Deref for Running {
@@ -456,15 +456,15 @@ impl AuthSvc {
     }
 
     pub async fn start_with(issuer: Issuer, extra: &[&str]) -> Self {
-        Self::start_in(TestEnv::new(issuer).await, extra).await
+        Self::start_in(Arc::new(TestEnv::new(issuer).await), extra).await
     }
 
     /// Starts against a JWKS server the test prepared (e.g. already down).
     pub async fn start_on(jwks: JwksServer, issuer: Issuer, extra: &[&str]) -> Self {
-        Self::start_in(TestEnv::with_jwks(jwks, issuer).await, extra).await
+        Self::start_in(Arc::new(TestEnv::with_jwks(jwks, issuer).await), extra).await
     }
 
-    pub async fn start_in(env: TestEnv, extra: &[&str]) -> Self {
+    pub async fn start_in(env: Arc<TestEnv>, extra: &[&str]) -> Self {
         let config = auth_svc::Config::try_parse_from(env.args("auth-svc", extra)).unwrap();
         let server = auth_svc::build(config).await.unwrap();
         Self { server, env }
@@ -492,10 +492,14 @@ impl std::ops::Deref for CaseSvc {
 
 impl CaseSvc {
     pub async fn start(extra: &[&str]) -> Self {
-        Self::start_in(TestEnv::new(Issuer::single(Algorithm::EdDsa)).await, extra).await
+        Self::start_in(
+            Arc::new(TestEnv::new(Issuer::single(Algorithm::EdDsa)).await),
+            extra,
+        )
+        .await
     }
 
-    pub async fn start_in(env: TestEnv, extra: &[&str]) -> Self {
+    pub async fn start_in(env: Arc<TestEnv>, extra: &[&str]) -> Self {
         let config = case_svc::Config::try_parse_from(env.args("case-svc", extra)).unwrap();
         let server = case_svc::build(config).await.unwrap();
         Self(Running { server, env })
@@ -530,5 +534,178 @@ pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What a grpc-web exchange returned, decoded the way a browser client would.
+#[derive(Debug)]
+pub struct GrpcWebReply {
+    pub http_status: u16,
+    pub headers: http::HeaderMap,
+    pub messages: Vec<Bytes>,
+    /// The trailer frame's fields (or, for a trailers-only reply, the headers').
+    pub trailers: std::collections::HashMap<String, String>,
+}
+
+impl GrpcWebReply {
+    pub fn grpc_status(&self) -> Option<i32> {
+        self.trailers
+            .get("grpc-status")
+            .and_then(|s| s.parse().ok())
+    }
+
+    pub fn message<M: prost::Message + Default>(&self) -> M {
+        M::decode(self.messages[0].clone()).unwrap()
+    }
+}
+
+/// Sends one raw HTTP/1.1 request and returns the response head and body.
+pub async fn http1(request: http::Request<Full<Bytes>>) -> (http::response::Parts, Bytes) {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let response = client.request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    (parts, body.collect().await.unwrap().to_bytes())
+}
+
+/// A unary grpc-web call over HTTP/1.1, binary or text (base64) encoded.
+pub async fn grpc_web(
+    addr: SocketAddr,
+    path: &str,
+    message: &impl prost::Message,
+    headers: &[(&str, &str)],
+    text: bool,
+) -> GrpcWebReply {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    let payload = message.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    let (content_type, body) = if text {
+        (
+            "application/grpc-web-text",
+            STANDARD.encode(&frame).into_bytes(),
+        )
+    } else {
+        ("application/grpc-web+proto", frame)
+    };
+    let mut request = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", content_type)
+        .header("accept", content_type)
+        .header("x-grpc-web", "1");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let (parts, body) = http1(request.body(Full::new(Bytes::from(body))).unwrap()).await;
+    let text_reply = parts.headers.get("content-type").is_some_and(|t| {
+        t.to_str()
+            .unwrap_or("")
+            .starts_with("application/grpc-web-text")
+    });
+    assert_eq!(
+        text_reply, text,
+        "the reply is encoded as the client accepts"
+    );
+    let mut body = if text_reply {
+        // Each frame may be base64-encoded (and padded) separately: decode
+        // group by group of four characters, restarting after padding.
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        let mut decoded = Vec::new();
+        let mut pending = String::new();
+        for c in text.chars() {
+            pending.push(c);
+            if pending.len().is_multiple_of(4) && pending.ends_with('=') {
+                decoded.extend(STANDARD.decode(&pending).unwrap());
+                pending.clear();
+            }
+        }
+        decoded.extend(STANDARD.decode(&pending).unwrap());
+        Bytes::from(decoded)
+    } else {
+        body
+    };
+    let mut messages = Vec::new();
+    let mut trailers = std::collections::HashMap::new();
+    while body.len() >= 5 {
+        let flag = body[0];
+        let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        let data = body.slice(5..5 + len);
+        body = body.slice(5 + len..);
+        if flag & 0x80 != 0 {
+            for line in String::from_utf8_lossy(&data)
+                .split("\r\n")
+                .filter(|l| !l.is_empty())
+            {
+                let (name, value) = line.split_once(':').unwrap();
+                trailers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
+            }
+        } else {
+            messages.push(data);
+        }
+    }
+    if trailers.is_empty() {
+        for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+            if let Some(value) = parts.headers.get(name) {
+                trailers.insert(name.to_owned(), value.to_str().unwrap().to_owned());
+            }
+        }
+    }
+    GrpcWebReply {
+        http_status: parts.status.as_u16(),
+        headers: parts.headers,
+        messages,
+        trailers,
+    }
+}
+
+/// The whole system behind a gateway: auth-svc and `case_replicas` case-svc
+/// processes sharing one environment.
+pub struct GatewayStack {
+    pub gateway: gateway::Gateway,
+    pub auth: AuthSvc,
+    pub cases: Vec<CaseSvc>,
+    pub env: Arc<TestEnv>,
+}
+
+impl GatewayStack {
+    pub async fn start(case_replicas: usize, gateway_extra: &[&str]) -> Self {
+        let env = Arc::new(TestEnv::new(Issuer::single(Algorithm::EdDsa)).await);
+        let auth = AuthSvc::start_in(Arc::clone(&env), &[]).await;
+        let mut cases = Vec::new();
+        for _ in 0..case_replicas {
+            cases.push(CaseSvc::start_in(Arc::clone(&env), &[]).await);
+        }
+        let case_urls = cases
+            .iter()
+            .map(|c| format!("http://{}", c.addr()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let auth_url = format!("http://{}", auth.addr());
+        let mut args = vec![
+            "gateway",
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--auth-svc-url",
+            &auth_url,
+            "--case-svc-url",
+            &case_urls,
+            "--cors-allowed-origins",
+            "http://app.test",
+        ];
+        args.extend_from_slice(gateway_extra);
+        let gateway = gateway::build(gateway::Config::try_parse_from(args).unwrap())
+            .await
+            .unwrap();
+        Self {
+            gateway,
+            auth,
+            cases,
+            env,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.gateway.local_addr()
     }
 }

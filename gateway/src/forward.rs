@@ -1,0 +1,205 @@
+//! Forwarding a gRPC call to its upstream.
+//!
+//! By the time a call gets here the grpc-web layer has turned it into plain
+//! gRPC, so forwarding is the same for browsers and native clients: cap the
+//! deadline, buffer the (unary, size-limited) request so it can be retried,
+//! send it to a replica, and stream the response back. Metadata such as
+//! `authorization` and `grpc-timeout` travels with the request untouched;
+//! trailers (including `grpc-status-details-bin`) travel with the response.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    marker::PhantomData,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use casebook::rpc_error;
+use http::header::HeaderName;
+use http_body_util::{BodyExt, Full, Limited};
+use tonic::{Code, server::NamedService};
+
+use crate::upstream::{Upstream, grpc_timeout, never_reached_handler, parse_grpc_timeout};
+
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// Names the gRPC service a [`Forward`] serves (tonic routes by a const name).
+pub trait Route: Send + Sync + 'static {
+    /// The fully qualified service name.
+    const NAME: &'static str;
+}
+
+/// Route for `casebook.auth.v1.AuthService`.
+pub struct AuthRoute;
+impl Route for AuthRoute {
+    const NAME: &'static str = casebook::pb::casebook::auth::v1::auth_service_server::SERVICE_NAME;
+}
+
+/// Route for `casebook.cases.v1.CaseService`.
+pub struct CaseRoute;
+impl Route for CaseRoute {
+    const NAME: &'static str = casebook::pb::casebook::cases::v1::case_service_server::SERVICE_NAME;
+}
+
+/// Limits applied to every forwarded call.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Ceiling on a call's deadline; calls without one get it.
+    pub max_call_timeout: Duration,
+    /// Largest request body accepted.
+    pub max_request_bytes: usize,
+}
+
+/// Forwards every call of service `R` to `upstream`.
+pub struct Forward<R> {
+    upstream: Arc<Upstream>,
+    limits: Limits,
+    route: PhantomData<fn() -> R>,
+}
+
+impl<R> Clone for Forward<R> {
+    fn clone(&self) -> Self {
+        Self {
+            upstream: Arc::clone(&self.upstream),
+            limits: self.limits,
+            route: PhantomData,
+        }
+    }
+}
+
+impl<R: Route> Forward<R> {
+    /// Forwards to `upstream` under `limits`.
+    pub fn new(upstream: Arc<Upstream>, limits: Limits) -> Self {
+        Self {
+            upstream,
+            limits,
+            route: PhantomData,
+        }
+    }
+}
+
+impl<R: Route> NamedService for Forward<R> {
+    const NAME: &'static str = R::NAME;
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Infallible>> + Send>>;
+
+impl<R: Route> tower::Service<http::Request<tonic::body::Body>> for Forward<R> {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let upstream = Arc::clone(&self.upstream);
+        let limits = self.limits;
+        Box::pin(async move {
+            Ok(forward(&upstream, limits, request)
+                .await
+                .unwrap_or_else(|status| status.into_http()))
+        })
+    }
+}
+
+async fn forward(
+    upstream: &Upstream,
+    limits: Limits,
+    request: http::Request<tonic::body::Body>,
+) -> Result<http::Response<tonic::body::Body>, tonic::Status> {
+    let (mut parts, body) = request.into_parts();
+    let deadline = parts
+        .headers
+        .get(GRPC_TIMEOUT)
+        .and_then(parse_grpc_timeout)
+        .map_or(limits.max_call_timeout, |asked| {
+            asked.min(limits.max_call_timeout)
+        });
+    parts.headers.insert(GRPC_TIMEOUT, grpc_timeout(deadline));
+
+    let body = Limited::new(body, limits.max_request_bytes)
+        .collect()
+        .await
+        .map_err(|_| {
+            rpc_error::with_reason(
+                Code::ResourceExhausted,
+                "REQUEST_TOO_LARGE",
+                format!(
+                    "request body is larger than {} bytes",
+                    limits.max_request_bytes
+                ),
+            )
+        })?
+        .to_bytes();
+
+    let attempt = async {
+        let mut last_error = None;
+        for replica in upstream.candidates() {
+            let mut request = http::Request::from_parts(
+                parts.clone(),
+                tonic::body::Body::new(Full::new(body.clone())),
+            );
+            *request.extensions_mut() = http::Extensions::new();
+            match replica.call(request).await {
+                Ok(response) => return Ok(response),
+                Err(error) if timed_out(&error) => {
+                    return Err(deadline_exceeded(upstream, deadline));
+                }
+                Err(error) if never_reached_handler(&error) => {
+                    tracing::debug!(service = upstream.service(), replica = %replica.addr(), %error, "replica refused; trying the next");
+                    last_error = Some(error);
+                }
+                Err(error) => {
+                    tracing::warn!(service = upstream.service(), replica = %replica.addr(), %error, "upstream call failed");
+                    return Err(unavailable(
+                        upstream,
+                        "the call failed in transit; it may or may not have been applied",
+                    ));
+                }
+            }
+        }
+        if let Some(error) = last_error {
+            tracing::warn!(service = upstream.service(), %error, "no replica accepted the call");
+        }
+        Err(unavailable(
+            upstream,
+            "no replica is reachable; try again shortly",
+        ))
+    };
+    tokio::time::timeout(deadline, attempt)
+        .await
+        .map_err(|_| deadline_exceeded(upstream, deadline))?
+}
+
+fn deadline_exceeded(upstream: &Upstream, deadline: Duration) -> tonic::Status {
+    rpc_error::with_reason(
+        Code::DeadlineExceeded,
+        "DEADLINE_EXCEEDED",
+        format!("no answer from {} within {deadline:?}", upstream.service()),
+    )
+}
+
+/// The channel enforces `grpc-timeout` itself; its expiry is a deadline, not an outage.
+fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(error) = source {
+        if error.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+fn unavailable(upstream: &Upstream, detail: &str) -> tonic::Status {
+    rpc_error::with_reason(
+        Code::Unavailable,
+        "UPSTREAM_UNAVAILABLE",
+        format!("{}: {detail}", upstream.service()),
+    )
+}

@@ -1,0 +1,147 @@
+//! The gateway: the browser's single origin for every Casebook service.
+//!
+//! It accepts grpc-web (binary and text, HTTP/1.1 or HTTP/2) and native gRPC,
+//! answers CORS preflights from allowed origins, and forwards each call by its
+//! service path to auth-svc or case-svc, balanced per call across replicas.
+//! It does not authenticate: the services verify every token they receive,
+//! so the gateway needs no keys and cannot be a way around them.
+
+pub mod forward;
+pub mod upstream;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use casebook::{
+    config::{ServerArgs, TelemetryArgs, duration},
+    server::{self, GrpcServer, RunningServer, StartError},
+};
+use clap::Parser;
+use forward::{AuthRoute, CaseRoute, Forward, Limits};
+use tonic_health::ServingStatus;
+use upstream::Upstream;
+
+/// The gateway's settings.
+#[derive(Parser, Clone, Debug)]
+#[command(
+    name = "gateway",
+    version,
+    about = "Casebook gateway: grpc-web + CORS for the browser, routed to the services",
+    args_override_self = true
+)]
+pub struct Config {
+    /// Address to listen on for grpc-web and gRPC.
+    #[arg(long, env = "GATEWAY_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: SocketAddr,
+    /// auth-svc replicas: comma-separated URLs, or a DNS name resolving to several.
+    #[arg(
+        long,
+        env = "AUTH_SVC_URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub auth_svc_url: Vec<String>,
+    /// case-svc replicas: comma-separated URLs, or a DNS name resolving to several.
+    #[arg(
+        long,
+        env = "CASE_SVC_URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub case_svc_url: Vec<String>,
+    /// Ceiling on any call's deadline (calls without one get this).
+    #[arg(long, env = "GATEWAY_MAX_CALL_TIMEOUT", value_parser = duration, default_value = "30s")]
+    pub max_call_timeout: Duration,
+    /// Largest request body forwarded, in bytes.
+    #[arg(long, env = "GATEWAY_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+    /// Listener behaviour (CORS origins, shutdown grace, ...).
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Logging.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// The server.
+    pub server: RunningServer,
+    /// auth-svc's replicas.
+    pub auth: Arc<Upstream>,
+    /// case-svc's replicas.
+    pub cases: Arc<Upstream>,
+}
+
+/// Starts the gateway. Its health reports each upstream service SERVING
+/// while at least one replica is, and the whole gateway ("") while all are.
+pub async fn build(config: Config) -> Result<Gateway, StartError> {
+    let invalid = |e: upstream::InvalidUpstream| {
+        StartError::Config(casebook::config::ConfigError(e.to_string()))
+    };
+    let auth = Upstream::new(
+        <AuthRoute as forward::Route>::NAME,
+        "AUTH_SVC_URL",
+        &config.auth_svc_url,
+    )
+    .map_err(invalid)?;
+    let cases = Upstream::new(
+        <CaseRoute as forward::Route>::NAME,
+        "CASE_SVC_URL",
+        &config.case_svc_url,
+    )
+    .map_err(invalid)?;
+    let listener = server::bind(config.listen_addr).await?;
+    auth.watch().await;
+    cases.watch().await;
+    let limits = Limits {
+        max_call_timeout: config.max_call_timeout,
+        max_request_bytes: config.max_request_bytes,
+    };
+    let server = GrpcServer::without_auth(&config.server)?
+        .add_service(Forward::<AuthRoute>::new(Arc::clone(&auth), limits))
+        .add_service(Forward::<CaseRoute>::new(Arc::clone(&cases), limits))
+        // Readiness is the upstreams' business: `report_health` decides.
+        .serve(listener, std::future::pending())
+        .await?;
+    report_health(&server, [Arc::clone(&auth), Arc::clone(&cases)]);
+    Ok(Gateway {
+        server,
+        auth,
+        cases,
+    })
+}
+
+/// Mirrors upstream reachability into the gateway's own health.
+fn report_health(server: &RunningServer, upstreams: [Arc<Upstream>; 2]) {
+    let health = server.health().clone();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(upstream::WATCH_INTERVAL);
+        loop {
+            ticks.tick().await;
+            let mut all = true;
+            for upstream in &upstreams {
+                let serving = upstream.is_serving();
+                all &= serving;
+                health
+                    .set_service_status(upstream.service(), status(serving))
+                    .await;
+            }
+            health.set_service_status("", status(all)).await;
+        }
+    });
+}
+
+fn status(serving: bool) -> ServingStatus {
+    if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    }
+}
+
+impl Gateway {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+}

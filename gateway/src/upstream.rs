@@ -1,0 +1,306 @@
+//! One upstream service (auth-svc or case-svc) behind the gateway: its
+//! replicas, and how a call picks one.
+//!
+//! gRPC keeps one long-lived HTTP/2 connection per client, so an L4 load
+//! balancer would pin all the gateway's traffic to one replica. Instead the
+//! gateway keeps a connection to every replica and balances per call, round
+//! robin over the replicas that are up. Each configured URL is re-resolved
+//! periodically, so a DNS name with several addresses (a Kubernetes headless
+//! Service) tracks the replicas as they come and go.
+//!
+//! A call whose connection is refused (the replica is gone) or whose stream
+//! is refused (it is draining) never reached a handler, so it is retried on
+//! another replica; every other failure is returned as is, because retrying it
+//! could repeat a write.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use http::{HeaderValue, Uri, uri::Scheme};
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+/// How often DNS names are re-resolved and replicas health-checked.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// An invalid upstream URL.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting} has an invalid URL {url:?}: {reason}")]
+pub struct InvalidUpstream {
+    setting: &'static str,
+    url: String,
+    reason: String,
+}
+
+/// One replica: an address with its own (lazily connected) HTTP/2 channel.
+pub struct Replica {
+    addr: SocketAddr,
+    channel: Channel,
+    serving: AtomicBool,
+    calls: AtomicU64,
+}
+
+impl Replica {
+    /// The replica's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Calls sent to this replica so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Whether its last health check said SERVING.
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire)
+    }
+}
+
+/// The replicas of one upstream service.
+pub struct Upstream {
+    service: &'static str,
+    targets: Vec<(String, u16, Scheme)>,
+    replicas: ArcSwap<Vec<Arc<Replica>>>,
+    next: AtomicUsize,
+}
+
+impl Upstream {
+    /// An upstream for `service` at `urls` (each `http://host:port`); `setting`
+    /// names the configuration variable in errors.
+    pub fn new(
+        service: &'static str,
+        setting: &'static str,
+        urls: &[String],
+    ) -> Result<Arc<Self>, InvalidUpstream> {
+        let invalid = |url: &str, reason: &str| InvalidUpstream {
+            setting,
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let mut targets = Vec::new();
+        for url in urls.iter().map(|u| u.trim()).filter(|u| !u.is_empty()) {
+            let uri: Uri = url.parse().map_err(|_| invalid(url, "not a URL"))?;
+            let scheme = uri
+                .scheme()
+                .cloned()
+                .ok_or_else(|| invalid(url, "needs http://"))?;
+            if scheme != Scheme::HTTP {
+                return Err(invalid(url, "only http:// upstreams are supported"));
+            }
+            let host = uri.host().ok_or_else(|| invalid(url, "needs a host"))?;
+            let port = uri.port_u16().unwrap_or(80);
+            targets.push((host.trim_matches(['[', ']']).to_owned(), port, scheme));
+        }
+        if targets.is_empty() {
+            return Err(invalid("", "at least one upstream URL is required"));
+        }
+        Ok(Arc::new(Self {
+            service,
+            targets,
+            replicas: ArcSwap::from_pointee(Vec::new()),
+            next: AtomicUsize::new(0),
+        }))
+    }
+
+    /// The gRPC service this upstream serves.
+    pub fn service(&self) -> &'static str {
+        self.service
+    }
+
+    /// The current replicas.
+    pub fn replicas(&self) -> Arc<Vec<Arc<Replica>>> {
+        self.replicas.load_full()
+    }
+
+    /// Whether any replica is serving.
+    pub fn is_serving(&self) -> bool {
+        self.replicas.load().iter().any(|r| r.is_serving())
+    }
+
+    /// Replicas to try for one call, best first: round robin over serving
+    /// replicas, then the others (a health check may simply be behind).
+    pub fn candidates(&self) -> Vec<Arc<Replica>> {
+        let replicas = self.replicas.load();
+        let count = replicas.len();
+        if count == 0 {
+            return Vec::new();
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let rotated = (0..count).filter_map(|i| replicas.get((start + i) % count).cloned());
+        let (mut serving, other): (Vec<_>, Vec<_>) = rotated.partition(|r| r.is_serving());
+        serving.extend(other);
+        serving
+    }
+
+    /// Resolves the targets and health-checks the replicas now, then keeps
+    /// doing so every [`WATCH_INTERVAL`] in the background.
+    pub async fn watch(self: &Arc<Self>) {
+        self.refresh().await;
+        let upstream = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(WATCH_INTERVAL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                upstream.refresh().await;
+            }
+        });
+    }
+
+    async fn refresh(&self) {
+        let mut addrs = Vec::new();
+        for (host, port, _) in &self.targets {
+            match tokio::net::lookup_host((host.as_str(), *port)).await {
+                Ok(found) => addrs.extend(found),
+                Err(error) => {
+                    tracing::warn!(service = self.service, %host, %error, "cannot resolve upstream")
+                }
+            }
+        }
+        addrs.sort();
+        addrs.dedup();
+        let current = self.replicas.load_full();
+        let known: HashMap<SocketAddr, &Arc<Replica>> =
+            current.iter().map(|r| (r.addr, r)).collect();
+        let replicas: Vec<Arc<Replica>> = addrs
+            .iter()
+            .map(|addr| match known.get(addr) {
+                Some(existing) => Arc::clone(existing),
+                None => Arc::new(connect(*addr)),
+            })
+            .collect();
+        if replicas
+            .iter()
+            .map(|r| r.addr)
+            .ne(current.iter().map(|r| r.addr))
+        {
+            tracing::info!(service = self.service, replicas = ?addrs, "upstream replicas changed");
+            self.replicas.store(Arc::new(replicas.clone()));
+        }
+        for replica in replicas {
+            let serving = check_health(&replica, self.service).await;
+            replica.serving.store(serving, Ordering::Release);
+        }
+    }
+}
+
+fn connect(addr: SocketAddr) -> Replica {
+    // A socket address always forms a valid URI.
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap_or_else(|_| Endpoint::from_static("http://127.0.0.1:1"))
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    Replica {
+        addr,
+        channel: endpoint.connect_lazy(),
+        serving: AtomicBool::new(false),
+        calls: AtomicU64::new(0),
+    }
+}
+
+async fn check_health(replica: &Replica, service: &str) -> bool {
+    let mut client = HealthClient::new(replica.channel.clone());
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: service.to_owned(),
+    });
+    request.set_timeout(Duration::from_millis(400));
+    client
+        .check(request)
+        .await
+        .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
+}
+
+impl Replica {
+    /// Sends one call to this replica.
+    pub async fn call(
+        &self,
+        request: http::Request<tonic::body::Body>,
+    ) -> Result<http::Response<tonic::body::Body>, tonic::transport::Error> {
+        use tower::ServiceExt;
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.channel.clone().oneshot(request).await
+    }
+}
+
+/// Whether a failed call certainly never reached a handler, so another
+/// replica may take it: the connection was refused, the stream was refused
+/// (the replica is draining), or the connection closed before the request
+/// was dispatched on it (hyper's "canceled").
+pub fn never_reached_handler(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        if error
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
+        }
+        if let Some(h2) = error.downcast_ref::<h2::Error>()
+            && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+        {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// `grpc-timeout` for `limit`, in milliseconds (the unit every peer accepts).
+pub fn grpc_timeout(limit: Duration) -> HeaderValue {
+    let millis = limit.as_millis().clamp(1, 99_999_999);
+    HeaderValue::from_str(&format!("{millis}m")).unwrap_or(HeaderValue::from_static("30000m"))
+}
+
+/// Parses a `grpc-timeout` value (`{digits}{H|M|S|m|u|n}`).
+pub fn parse_grpc_timeout(value: &HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_and_render() {
+        let parse = |s: &'static str| parse_grpc_timeout(&HeaderValue::from_static(s));
+        assert_eq!(parse("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse("123456789S"), None, "more than 8 digits");
+        assert_eq!(parse("S"), None);
+        assert_eq!(parse("5x"), None);
+        assert_eq!(grpc_timeout(Duration::from_secs(30)), "30000m");
+    }
+}

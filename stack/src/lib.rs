@@ -71,6 +71,17 @@ pub struct StackArgs {
     /// case-svc's address.
     #[arg(long, env = "CASE_SVC_ADDR", default_value = "127.0.0.1:50052")]
     pub case_svc_addr: SocketAddr,
+    /// The gateway's address (grpc-web for the browser).
+    #[arg(long, env = "GATEWAY_ADDR", default_value = "127.0.0.1:8080")]
+    pub gateway_addr: SocketAddr,
+    /// Browser origins allowed to call the gateway (the example page's dev server by default).
+    #[arg(
+        long,
+        env = "CORS_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        default_value = "http://localhost:5173,http://127.0.0.1:5173"
+    )]
+    pub cors_allowed_origins: Vec<String>,
     /// Lifetime of the tokens the stack prints.
     #[arg(long, env = "DEV_TOKEN_LIFETIME", value_parser = duration, default_value = "12h")]
     pub token_lifetime: Duration,
@@ -106,11 +117,14 @@ pub struct Stack {
     pub auth: RunningServer,
     /// case-svc.
     pub cases: RunningServer,
+    /// The gateway in front of both.
+    pub gateway: gateway::Gateway,
     /// The demo user.
     pub demo: UserRow,
     /// A token for the demo user.
     pub token: String,
     token_lifetime: Duration,
+    cors_origins: String,
     data_dir: PathBuf,
 }
 
@@ -144,14 +158,28 @@ impl Stack {
             args.case_svc_addr,
         ))?)
         .await?;
+        let gateway = gateway::build(gateway::Config::try_parse_from([
+            "gateway".to_owned(),
+            "--listen-addr".into(),
+            args.gateway_addr.to_string(),
+            "--auth-svc-url".into(),
+            format!("http://{}", auth.local_addr()),
+            "--case-svc-url".into(),
+            format!("http://{}", cases.local_addr()),
+            "--cors-allowed-origins".into(),
+            args.cors_allowed_origins.join(","),
+        ])?)
+        .await?;
         let token = issuer.mint(&demo, args.token_lifetime);
         Ok(Self {
             issuer,
             auth,
             cases,
+            gateway,
             demo,
             token,
             token_lifetime: args.token_lifetime,
+            cors_origins: args.cors_allowed_origins.join(", "),
             data_dir: args.data_dir.clone(),
         })
     }
@@ -164,6 +192,7 @@ impl Stack {
     /// The banner: where everything is and commands that work as printed.
     pub fn banner(&self) -> String {
         let (auth, cases) = (self.auth.local_addr(), self.cases.local_addr());
+        let gateway = self.gateway.local_addr();
         let token = &self.token;
         format!(
             r#"
@@ -171,6 +200,7 @@ Casebook is running (data in {data}).
 
   auth-svc  {auth}   casebook.auth.v1.AuthService    gRPC and grpc-web
   case-svc  {cases}   casebook.cases.v1.CaseService   gRPC and grpc-web
+  gateway   http://{gateway}   grpc-web for the browser (CORS: {origins})
   issuer    {issuer}/api/auth/jwks   development keys (stands in for Better Auth)
 
 Signed in as {email} ({id}). Token (valid {lifetime}):
@@ -181,10 +211,12 @@ grpcurl -plaintext -H "authorization: Bearer $JWT" {auth} casebook.auth.v1.AuthS
 grpcurl -plaintext -H "authorization: Bearer $JWT" -d '{{"case":{{"title":"Printer on fire","type":"INCIDENT"}}}}' {cases} casebook.cases.v1.CaseService/CreateCase
 grpcurl -plaintext -H "authorization: Bearer $JWT" {cases} casebook.cases.v1.CaseService/ListCases
 cargo stack token --email you@example.com    # a token for another user
+(cd examples/web && npm ci && npm run build && npm run serve)   # then open http://localhost:5173/#token=$JWT
 
 Ctrl-C stops everything.
 "#,
             data = self.data_dir.display(),
+            origins = self.cors_origins,
             issuer = self.issuer.url(),
             email = self.demo.email,
             id = self.demo.id,
@@ -192,8 +224,9 @@ Ctrl-C stops everything.
         )
     }
 
-    /// Stops the services (gracefully) and the issuer.
+    /// Stops the gateway, then the services (gracefully), then the issuer.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.gateway.server.shutdown().await?;
         let (auth, cases) = tokio::join!(self.auth.shutdown(), self.cases.shutdown());
         self.issuer.stop();
         auth?;

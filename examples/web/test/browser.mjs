@@ -1,0 +1,115 @@
+// The browser path, proven in a real browser: headless Chromium loads the
+// example page from one origin and calls Casebook through the gateway on
+// another (so CORS is exercised), as the demo user of the development stack.
+//
+//   CASEBOOK_BIN  the stack binary (default ../../target/debug/casebook)
+//   CHROMIUM      the browser (default /usr/bin/chromium)
+
+import { spawn } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import assert from "node:assert/strict";
+import { chromium } from "playwright-core";
+import { serve } from "../serve.mjs";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const casebookBin = process.env.CASEBOOK_BIN ?? path.resolve(here, "../../../target/debug/casebook");
+const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium";
+
+const freePort = () =>
+  new Promise((resolve, reject) => {
+    const server = net.createServer().listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+    server.on("error", reject);
+  });
+
+/** Starts the stack and resolves with the demo user's token from its banner. */
+function startStack(env) {
+  const child = spawn(casebookBin, [], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "inherit"] });
+  const token = new Promise((resolve, reject) => {
+    let output = "";
+    child.stdout.on("data", (chunk) => {
+      output += chunk;
+      const match = output.match(/^export JWT=(\S+)$/m);
+      if (match) resolve(match[1]);
+    });
+    child.on("exit", (code) => reject(new Error(`casebook exited with ${code} before its banner:\n${output}`)));
+  });
+  return { child, token };
+}
+
+const data = await mkdtemp(path.join(os.tmpdir(), "casebook-browser-"));
+const page = await serve(0, "127.0.0.1");
+const pageOrigin = `http://127.0.0.1:${page.address().port}`;
+const [issuer, authSvc, caseSvc, gatewayPort] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+const stack = startStack({
+  CASEBOOK_DATA_DIR: data,
+  DEV_ISSUER_ADDR: `127.0.0.1:${issuer}`,
+  AUTH_SVC_ADDR: `127.0.0.1:${authSvc}`,
+  CASE_SVC_ADDR: `127.0.0.1:${caseSvc}`,
+  GATEWAY_ADDR: `127.0.0.1:${gatewayPort}`,
+  CORS_ALLOWED_ORIGINS: pageOrigin,
+  RUST_LOG: "warn",
+});
+const browser = await chromium.launch({
+  executablePath,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync"],
+});
+
+try {
+  const token = await stack.token;
+  assert.notEqual(pageOrigin, `http://127.0.0.1:${gatewayPort}`, "page and gateway are different origins");
+  const tab = await browser.newPage();
+  tab.on("console", (message) => console.log(`[page] ${message.text()}`));
+  await tab.goto(`${pageOrigin}/#token=${token}&gateway=http://127.0.0.1:${gatewayPort}`);
+  await tab.locator("#ready").filter({ hasText: "ready" }).waitFor({ state: "attached" });
+
+  // WhoAmI (the services may still be loading keys for a moment: retry briefly).
+  for (let attempt = 0; ; attempt++) {
+    await tab.click("#whoami");
+    try {
+      await tab.locator("#me").filter({ hasText: "demo@casebook.local" }).waitFor({ timeout: 1000 });
+      break;
+    } catch (error) {
+      if (attempt === 10) throw new Error(`WhoAmI never succeeded: ${await tab.textContent("#error")}`);
+    }
+  }
+  console.log("ok WhoAmI:", await tab.textContent("#me"));
+
+  // CreateCase, then ListCases shows it.
+  await tab.fill("#title", "Filed from Chromium");
+  await tab.click("#create");
+  const item = tab.locator("#cases li", { hasText: "Filed from Chromium" });
+  await item.waitFor();
+  assert.equal(await tab.textContent("#count"), "1");
+  console.log("ok CreateCase + ListCases");
+
+  // DeleteCase hides it; with "show deleted" it is back, marked; UndeleteCase restores it.
+  await item.locator("button", { hasText: "Delete" }).click();
+  await tab.locator("#count").filter({ hasText: /^0$/ }).waitFor();
+  await tab.check("#show-deleted");
+  await tab.click("#list");
+  const deleted = tab.locator("#cases li", { hasText: "Filed from Chromium (deleted)" });
+  await deleted.waitFor();
+  await deleted.locator("button", { hasText: "Undelete" }).click();
+  await tab.locator("#cases li", { hasText: /^Filed from Chromium Delete$/ }).waitFor();
+  console.log("ok DeleteCase + UndeleteCase");
+
+  // A bad token: the page shows the code and the ErrorInfo reason.
+  await tab.fill("#token", "not-a-jwt");
+  await tab.click("#whoami");
+  await tab.locator("#error").filter({ hasText: "unauthenticated (MALFORMED_TOKEN)" }).waitFor();
+  console.log("ok bad token:", await tab.textContent("#error"));
+  assert.equal(await tab.textContent("#error").then((t) => t.includes("not-a-jwt")), false, "the token is never echoed");
+  console.log("browser test passed");
+} finally {
+  await browser.close();
+  stack.child.kill("SIGTERM");
+  page.close();
+  await rm(data, { recursive: true, force: true });
+}

@@ -280,6 +280,55 @@ impl RunningServer {
     }
 }
 
+/// What a service binary can do besides serving.
+#[derive(clap::Subcommand, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// Check this service's health over gRPC and exit 0 when it is SERVING
+    /// (for a container HEALTHCHECK or a Kubernetes exec probe).
+    Healthcheck,
+}
+
+/// `<service> healthcheck`: asks the service listening on `listen` (through
+/// loopback when it listens on all interfaces) for its overall health.
+pub async fn healthcheck(listen: SocketAddr) -> std::process::ExitCode {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut target = listen;
+    if target.ip().is_unspecified() {
+        target.set_ip(match target {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to {target}: {e}"))?;
+        let response = HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+            .map_err(|status| format!("health check failed: {}", status.message()))?;
+        use tonic_health::pb::health_check_response::ServingStatus as Wire;
+        match Wire::try_from(response.into_inner().status) {
+            Ok(Wire::Serving) => Ok(()),
+            Ok(other) => Err(format!("{target} is {}", other.as_str_name())),
+            Err(_) => Err(format!("{target} answered an unknown status")),
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(3), check).await {
+        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+        Ok(Err(reason)) => {
+            eprintln!("unhealthy: {reason}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("unhealthy: no answer from {target} within 3s");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (what orchestrators send).
 pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();

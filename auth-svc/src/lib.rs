@@ -48,6 +48,9 @@ pub struct Config {
     /// Logging.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    /// `healthcheck` probes a running instance instead of starting one.
+    #[command(subcommand)]
+    pub probe: Option<server::Probe>,
 }
 
 /// Starts auth-svc: connects to the database, starts the JWKS cache and serves.

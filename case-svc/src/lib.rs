@@ -54,6 +54,9 @@ pub struct Config {
     /// Logging.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    /// `healthcheck` probes a running instance instead of starting one.
+    #[command(subcommand)]
+    pub probe: Option<server::Probe>,
 }
 
 /// Starts case-svc: migrates, starts the JWKS cache and the purge, serves.

@@ -3,10 +3,13 @@
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<std::process::ExitCode> {
     let config = case_svc::Config::parse();
+    if config.probe.is_some() {
+        return Ok(casebook::server::healthcheck(config.listen_addr).await);
+    }
     casebook::telemetry::init(config.telemetry.log_format);
     let server = case_svc::build(config).await?;
     server.run_until_stopped().await?;
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }

@@ -60,6 +60,9 @@ pub struct Config {
     /// Logging.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    /// `healthcheck` probes a running instance instead of starting one.
+    #[command(subcommand)]
+    pub probe: Option<server::Probe>,
 }
 
 /// A running gateway.

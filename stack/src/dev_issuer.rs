@@ -24,7 +24,9 @@ const KEY_FILE: &str = "dev-issuer-ed25519.pk8";
 #[derive(Debug, thiserror::Error)]
 pub enum IssuerError {
     /// Refused: only loopback addresses may serve development keys.
-    #[error("DEV_ISSUER_ADDR must be a loopback address, got {0}")]
+    #[error(
+        "DEV_ISSUER_ADDR must be a loopback address, got {0} (set DEV_ISSUER_ALLOW_NON_LOOPBACK=true only inside a private development network)"
+    )]
     NotLoopback(SocketAddr),
     /// The key file could not be read or written.
     #[error("cannot use the development key {path}: {source}")]
@@ -92,6 +94,16 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     options.open(path)?.write_all(bytes)
 }
 
+/// Whether the issuer may listen beyond loopback: only when asked explicitly
+/// (a container network in docker-compose), never by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exposure {
+    /// 127.0.0.1 / ::1 only.
+    LoopbackOnly,
+    /// Any address; the operator asked for it.
+    BeyondLoopback,
+}
+
 /// The running issuer.
 pub struct DevIssuer {
     key: Arc<SigningKey>,
@@ -100,9 +112,15 @@ pub struct DevIssuer {
 }
 
 impl DevIssuer {
-    /// Serves `key`'s JWKS on `addr` (loopback only).
-    pub async fn start(key: SigningKey, addr: SocketAddr) -> Result<Self, IssuerError> {
-        if !addr.ip().is_loopback() {
+    /// Serves `key`'s JWKS on `addr` (loopback only, unless `exposure` says
+    /// otherwise) under the issuer URL `public_url` (default: `http://{addr}`).
+    pub async fn start(
+        key: SigningKey,
+        addr: SocketAddr,
+        public_url: Option<&str>,
+        exposure: Exposure,
+    ) -> Result<Self, IssuerError> {
+        if !addr.ip().is_loopback() && exposure != Exposure::BeyondLoopback {
             return Err(IssuerError::NotLoopback(addr));
         }
         let listener = TcpListener::bind(addr)
@@ -121,7 +139,10 @@ impl DevIssuer {
         });
         Ok(Self {
             key: Arc::new(key),
-            url: format!("http://{local}"),
+            url: public_url.map_or_else(
+                || format!("http://{local}"),
+                |url| url.trim_end_matches('/').to_owned(),
+            ),
             task,
         })
     }

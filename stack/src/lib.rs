@@ -17,7 +17,7 @@ use casebook::{
 use clap::{Args, Parser, Subcommand};
 
 use better_auth::UserRow;
-use dev_issuer::DevIssuer;
+use dev_issuer::{DevIssuer, Exposure};
 
 /// Email of the user the stack creates and prints a token for.
 pub const DEMO_EMAIL: &str = "demo@casebook.local";
@@ -42,6 +42,16 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run only the development issuer (for docker-compose): create Better
+    /// Auth's tables and the demo user in DATABASE_URL, print a token, serve the JWKS.
+    Issuer {
+        /// The issuer URL services use as BETTER_AUTH_URL [default: http://{DEV_ISSUER_ADDR}].
+        #[arg(long, env = "DEV_ISSUER_URL")]
+        public_url: Option<String>,
+        /// Allow a non-loopback DEV_ISSUER_ADDR (a private container network only).
+        #[arg(long, env = "DEV_ISSUER_ALLOW_NON_LOOPBACK")]
+        allow_non_loopback: bool,
+    },
     /// Print a development token for a user (created if missing), for scripts.
     Token {
         /// The user's email.
@@ -135,7 +145,7 @@ impl Stack {
         let db = args.database().await?;
         let demo = better_auth::ensure_user(&db, DEMO_EMAIL, "Demo User").await?;
         db.close().await;
-        let issuer = DevIssuer::start(key, args.issuer_addr).await?;
+        let issuer = DevIssuer::start(key, args.issuer_addr, None, Exposure::LoopbackOnly).await?;
         let database_url = args.database_url();
         let service_args = |program: &str, addr: SocketAddr| {
             [
@@ -233,6 +243,33 @@ Ctrl-C stops everything.
         cases?;
         Ok(())
     }
+}
+
+/// `casebook issuer`: the development issuer alone, until SIGINT/SIGTERM.
+pub async fn run_issuer(
+    args: &StackArgs,
+    public_url: Option<&str>,
+    allow_non_loopback: bool,
+) -> anyhow::Result<()> {
+    let key = dev_issuer::load_or_create_key(&args.data_dir)?;
+    let db = args.database().await?;
+    let demo = better_auth::ensure_user(&db, DEMO_EMAIL, "Demo User").await?;
+    db.close().await;
+    let exposure = if allow_non_loopback {
+        Exposure::BeyondLoopback
+    } else {
+        Exposure::LoopbackOnly
+    };
+    let issuer = DevIssuer::start(key, args.issuer_addr, public_url, exposure).await?;
+    println!(
+        "development issuer {url} (JWKS at {url}/api/auth/jwks); token for {email}:\n\nexport JWT={token}\n",
+        url = issuer.url(),
+        email = demo.email,
+        token = issuer.mint(&demo, args.token_lifetime),
+    );
+    casebook::server::shutdown_signal().await;
+    issuer.stop();
+    Ok(())
 }
 
 /// `casebook token`: a token for `email` from the development issuer's key,

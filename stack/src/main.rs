@@ -1,17 +1,25 @@
 //! `casebook`: the whole system in one process (`cargo stack`), or
-//! `casebook token --email …` to mint a development token.
+//! `casebook token --email …` to mint a development token, or
+//! `casebook issuer` to run only the development issuer (docker-compose).
 
-use casebook_stack::{Cli, Command, Stack, mint_token};
+use casebook_stack::{Cli, Command, Stack, mint_token, run_issuer};
 use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Token { email, name }) = &cli.command {
-        println!("{}", mint_token(&cli.stack, email, name.as_deref()).await?);
-        return Ok(());
-    }
     casebook::telemetry::init(casebook::config::LogFormat::Text);
+    match &cli.command {
+        Some(Command::Token { email, name }) => {
+            println!("{}", mint_token(&cli.stack, email, name.as_deref()).await?);
+            return Ok(());
+        }
+        Some(Command::Issuer {
+            public_url,
+            allow_non_loopback,
+        }) => return run_issuer(&cli.stack, public_url.as_deref(), *allow_non_loopback).await,
+        None => {}
+    }
     let stack = Stack::start(&cli.stack).await?;
     println!("{}", stack.banner());
     casebook::server::shutdown_signal().await;

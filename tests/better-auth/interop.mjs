@@ -66,6 +66,8 @@ async function startBetterAuth(databaseUrl, alg) {
   await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
   const baseURL = `http://127.0.0.1:${server.address().port}`;
   const pool = new pg.Pool({ connectionString: databaseUrl });
+  // Idle connections are terminated when the test drops its database; that is expected.
+  pool.on("error", () => {});
   const auth = betterAuth({
     baseURL,
     secret: "casebook-interop-secret-at-least-32-characters",
@@ -77,6 +79,7 @@ async function startBetterAuth(databaseUrl, alg) {
   await runMigrations();
   handler = toNodeHandler(auth);
   const stop = async () => {
+    server.closeAllConnections();
     await new Promise((resolve) => server.close(resolve));
     await pool.end();
   };

@@ -288,9 +288,21 @@ pub enum Probe {
     Healthcheck,
 }
 
-/// `<service> healthcheck`: asks the service listening on `listen` (through
-/// loopback when it listens on all interfaces) for its overall health.
+/// `<service> healthcheck`: [`check_health`], reported as an exit code with
+/// the reason on stderr.
 pub async fn healthcheck(listen: SocketAddr) -> std::process::ExitCode {
+    match check_health(listen).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(reason) => {
+            eprintln!("unhealthy: {reason}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Asks the service listening on `listen` (through loopback when it listens
+/// on all interfaces) for its overall health; `Ok` when SERVING.
+pub async fn check_health(listen: SocketAddr) -> Result<(), String> {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let mut target = listen;
     if target.ip().is_unspecified() {
@@ -316,17 +328,9 @@ pub async fn healthcheck(listen: SocketAddr) -> std::process::ExitCode {
             Err(_) => Err(format!("{target} answered an unknown status")),
         }
     };
-    match tokio::time::timeout(Duration::from_secs(3), check).await {
-        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
-        Ok(Err(reason)) => {
-            eprintln!("unhealthy: {reason}");
-            std::process::ExitCode::FAILURE
-        }
-        Err(_) => {
-            eprintln!("unhealthy: no answer from {target} within 3s");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    tokio::time::timeout(Duration::from_secs(3), check)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer from {target} within 3s")))
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (what orchestrators send).

@@ -9,7 +9,7 @@ mod common;
 use std::{
     collections::HashSet,
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
@@ -58,7 +58,7 @@ impl Drop for Process {
     }
 }
 
-fn spawn(bin: &PathBuf, name: &str, env: &[(&str, String)]) -> Process {
+fn spawn(bin: &Path, name: &str, env: &[(&str, String)]) -> Process {
     let child = Command::new(bin.join(name))
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("RUST_LOG", "error")

@@ -11,8 +11,9 @@ use clap::Args;
 use http::HeaderValue;
 
 use crate::auth::{
-    Algorithm, JwksCache, JwksCacheConfig, TokenVerifier, VerificationPolicy, claims::ClaimRules,
-    verifier::DEFAULT_MAX_TOKEN_BYTES,
+    Algorithm, JwksCache, JwksCacheConfig, TokenVerifier, VerificationPolicy,
+    claims::ClaimRules,
+    verifier::{DEFAULT_CACHED_TOKENS, DEFAULT_MAX_TOKEN_BYTES},
 };
 
 /// A configuration error, phrased for the operator.
@@ -55,6 +56,9 @@ pub struct AuthArgs {
     /// Largest accepted token, in bytes (checked before decoding).
     #[arg(long, env = "JWT_MAX_TOKEN_BYTES", default_value_t = DEFAULT_MAX_TOKEN_BYTES)]
     pub jwt_max_token_bytes: usize,
+    /// Verified tokens remembered, so repeat calls skip the signature (0: off).
+    #[arg(long, env = "JWT_CACHE_ENTRIES", default_value_t = DEFAULT_CACHED_TOKENS)]
+    pub jwt_cache_entries: usize,
     /// How long fetched keys are fresh (a Cache-Control max-age overrides).
     #[arg(long, env = "JWKS_CACHE_TTL", value_parser = duration, default_value = "10m")]
     pub jwks_cache_ttl: Duration,
@@ -122,7 +126,11 @@ impl AuthArgs {
             },
             max_token_bytes: self.jwt_max_token_bytes,
         };
-        Ok(TokenVerifier::new(cache, policy))
+        Ok(TokenVerifier::with_cache(
+            cache,
+            policy,
+            self.jwt_cache_entries,
+        ))
     }
 }
 

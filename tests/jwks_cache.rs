@@ -273,3 +273,56 @@ fn base64_url(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
+
+#[tokio::test]
+async fn a_token_verified_once_is_served_from_the_cache() {
+    let signer = key("k1");
+    let server = JwksServer::start(issuer::jwks([&signer])).await;
+    let verifier = verifier(config(&server));
+    verifier.keys().wait_until_loaded().await;
+    let token = signer.sign(&claims("u"));
+    let first = verifier.verify(&token).await.unwrap();
+    let again = verifier.verify(&token).await.unwrap();
+    assert!(
+        std::sync::Arc::ptr_eq(&first, &again),
+        "the second answer is the cached principal"
+    );
+    verifier
+        .verify(&signer.sign(&claims("other")))
+        .await
+        .unwrap();
+    let stats = verifier.cache_stats();
+    assert_eq!((stats.hits, stats.misses), (1, 2));
+}
+
+#[tokio::test]
+async fn a_cached_token_stops_verifying_when_its_key_leaves_the_jwks() {
+    let old = key("old");
+    let new = key("new");
+    let server = JwksServer::start(issuer::jwks([&old, &new])).await;
+    let verifier = verifier(config(&server));
+    verifier.keys().wait_until_loaded().await;
+    let token = old.sign(&claims("u"));
+    verifier.verify(&token).await.unwrap();
+    verifier.verify(&token).await.unwrap();
+    server.publish(issuer::jwks([&new]));
+    verifier.keys().refresh().await.unwrap();
+    assert_eq!(verifier.verify(&token).await, Err(AuthError::UnknownKey));
+}
+
+#[tokio::test]
+async fn a_cached_token_expires_with_its_exp() {
+    let signer = key("k1");
+    let server = JwksServer::start(issuer::jwks([&signer])).await;
+    let mut policy = VerificationPolicy::for_issuer(ISSUER);
+    policy.claims.leeway = Duration::ZERO;
+    let cache = JwksCache::new(config(&server)).unwrap();
+    cache.start();
+    let verifier = TokenVerifier::new(cache, policy);
+    let mut short = claims("u");
+    short["exp"] = json!(common::now() + 1);
+    let token = signer.sign(&short);
+    verifier.verify(&token).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(verifier.verify(&token).await, Err(AuthError::TokenExpired));
+}

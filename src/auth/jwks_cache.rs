@@ -205,6 +205,14 @@ impl JwksCache {
         }
     }
 
+    /// Whether `key` is still the key the current, usable set publishes under
+    /// its `kid` (a rotated-out or replaced key is not).
+    pub fn is_current(&self, key: &Arc<VerifyingKey>) -> bool {
+        self.usable_snapshot()
+            .and_then(|snapshot| snapshot.keys.find(key.kid()).cloned())
+            .is_some_and(|current| Arc::ptr_eq(&current, key))
+    }
+
     /// Fetches now (single-flight with any fetch already running).
     pub async fn refresh(&self) -> Result<(), FetchError> {
         let seen = self.shared.attempts.load(Ordering::Acquire);

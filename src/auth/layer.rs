@@ -106,7 +106,7 @@ where
             };
             match principal {
                 Ok(principal) => {
-                    request.extensions_mut().insert(Arc::new(principal));
+                    request.extensions_mut().insert(principal);
                     inner.call(request).await
                 }
                 Err(error) => Ok(Status::from(error).into_http()),

@@ -15,6 +15,7 @@ pub mod jwks_cache;
 pub mod layer;
 pub mod principal;
 pub mod token;
+pub mod token_cache;
 pub mod verifier;
 
 pub use algorithm::Algorithm;

@@ -2,11 +2,18 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use super::{
     Algorithm, AuthError, JwksCache, Principal,
     claims::{self, ClaimRules},
+    jwk::VerifyingKey,
     token::UnverifiedToken,
+    token_cache::{CacheStats, VerifiedTokens},
 };
+
+/// Default number of verified tokens remembered.
+pub const DEFAULT_CACHED_TOKENS: usize = 10_000;
 
 /// Default ceiling on a token's size, checked before any decoding.
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -43,16 +50,29 @@ impl VerificationPolicy {
 #[derive(Clone)]
 pub struct TokenVerifier {
     keys: JwksCache,
-    policy: std::sync::Arc<VerificationPolicy>,
+    policy: Arc<VerificationPolicy>,
+    verified: Arc<VerifiedTokens>,
 }
 
 impl TokenVerifier {
-    /// A verifier for tokens from `keys`' issuer under `policy`.
+    /// A verifier for tokens from `keys`' issuer under `policy`, remembering
+    /// up to [`DEFAULT_CACHED_TOKENS`] verified tokens.
     pub fn new(keys: JwksCache, policy: VerificationPolicy) -> Self {
+        Self::with_cache(keys, policy, DEFAULT_CACHED_TOKENS)
+    }
+
+    /// Like [`Self::new`], remembering up to `cached_tokens` (0: none).
+    pub fn with_cache(keys: JwksCache, policy: VerificationPolicy, cached_tokens: usize) -> Self {
         Self {
             keys,
-            policy: std::sync::Arc::new(policy),
+            policy: Arc::new(policy),
+            verified: Arc::new(VerifiedTokens::new(cached_tokens)),
         }
+    }
+
+    /// Verified-token cache hits and misses.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.verified.stats()
     }
 
     /// The key cache this verifier reads.
@@ -60,19 +80,36 @@ impl TokenVerifier {
         &self.keys
     }
 
-    /// Verifies `token` now. Rejections are logged with the reason and, when
-    /// known, the `kid` and `sub`, never the token.
-    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let mut kid = None;
-        let result = self.verify_at(token, unix_now(), &mut kid).await;
-        if let Err(error) = &result {
-            tracing::info!(
-                reason = error.reason(),
-                kid = kid.as_deref().map(|k| truncate(k, 64)),
-                "token rejected"
-            );
+    /// Verifies `token` now, from the cache when it was verified before.
+    /// Rejections are logged with the reason and, when known, the `kid`,
+    /// never the token.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
+        let now = unix_now();
+        // The size limit comes first even for cache lookups: hashing is work too.
+        if token.len() <= self.policy.max_token_bytes
+            && let Some(principal) = self.verified.get(token, now, &self.keys)
+        {
+            return Ok(principal);
         }
-        result
+        let mut kid = None;
+        match self.verify_at(token, now, &mut kid).await {
+            Ok((principal, key)) => {
+                let principal = Arc::new(principal);
+                let leeway = i64::try_from(self.policy.claims.leeway.as_secs()).unwrap_or(0);
+                let valid_until = principal.expires_at.saturating_add(leeway);
+                self.verified
+                    .insert(token, Arc::clone(&principal), key, valid_until, now);
+                Ok(principal)
+            }
+            Err(error) => {
+                tracing::info!(
+                    reason = error.reason(),
+                    kid = kid.as_deref().map(|k| truncate(k, 64)),
+                    "token rejected"
+                );
+                Err(error)
+            }
+        }
     }
 
     async fn verify_at(
@@ -80,13 +117,14 @@ impl TokenVerifier {
         token: &str,
         now: i64,
         seen_kid: &mut Option<String>,
-    ) -> Result<Principal, AuthError> {
+    ) -> Result<(Principal, Arc<VerifyingKey>), AuthError> {
         let policy = &self.policy;
         let token = UnverifiedToken::parse(token, policy.max_token_bytes, &policy.algorithms)?;
         seen_kid.clone_from(&token.kid().map(str::to_owned));
         let key = self.keys.key_for(token.kid()).await?;
         let payload = token.verify_signature(&key)?;
-        claims::validate(&payload, &token, &key, &policy.claims, now)
+        let principal = claims::validate(&payload, &token, &key, &policy.claims, now)?;
+        Ok((principal, key))
     }
 }
 

@@ -1,0 +1,178 @@
+//! `casebook-bench`: starts auth-svc and case-svc (optionally pinned to CPUs),
+//! seeds users and cases through the API, drives each scenario with N
+//! connections × M calls in flight for a fixed time, measures the ceilings
+//! in the same run, and reports throughput, latency percentiles and errors by
+//! gRPC code as a markdown table and JSON. Loads go to 127.0.0.1 only.
+
+mod baseline;
+mod load;
+mod stats;
+mod system;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use clap::Parser;
+use load::Scenario;
+use serde::Serialize;
+use stats::Summary;
+
+#[derive(Parser)]
+#[command(
+    name = "casebook-bench",
+    about = "Load generator and baselines for Casebook"
+)]
+struct Cli {
+    /// PostgreSQL to run against (a dedicated database: the bench writes to it).
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Directory holding the auth-svc and case-svc binaries.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// How long each scenario runs.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// HTTP/2 connections per service.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Calls in flight.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Scenarios to run (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    scenarios: Vec<Scenario>,
+    /// CPUs for the services (`taskset -c` list); empty: not pinned.
+    #[arg(long, default_value = "")]
+    server_cpus: String,
+    /// Verified tokens the services remember (0: every call verifies).
+    #[arg(long, default_value_t = 10_000)]
+    cache_entries: usize,
+    /// Users to seed, and cases per user.
+    #[arg(long, default_value_t = 50)]
+    users: usize,
+    /// Cases seeded per user.
+    #[arg(long, default_value_t = 20)]
+    cases_per_user: usize,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    concurrency: usize,
+    connections: usize,
+    duration_secs: f64,
+    server_cpus: String,
+    cache_entries: usize,
+    eddsa_raw_verifies_per_sec: f64,
+    rss_mib_idle: Option<(f64, f64)>,
+    rss_mib_max_under_load: Option<(f64, f64)>,
+    rows: Vec<Summary>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let scenarios = if cli.scenarios.is_empty() {
+        vec![
+            Scenario::Noop,
+            Scenario::VerifyToken,
+            Scenario::WhoAmI,
+            Scenario::GetCase,
+            Scenario::ListCases,
+            Scenario::CreateCase,
+            Scenario::UpdateCase,
+            Scenario::Mixed,
+        ]
+    } else {
+        cli.scenarios.clone()
+    };
+    let system = system::System::start(&system::Options {
+        database_url: &cli.database_url,
+        bin_dir: &cli.bin_dir,
+        server_cpus: &cli.server_cpus,
+        cache_entries: cli.cache_entries,
+        users: cli.users,
+    })
+    .await?;
+    let idle = system.auth.rss_mib().zip(system.cases.rss_mib());
+    let fixture =
+        Arc::new(load::seed(system.cases.addr, &system.tokens, cli.cases_per_user).await?);
+    let user_ids = Arc::new(user_ids(&system.tokens));
+
+    let mut rows = Vec::new();
+    let mut peak = (0.0f64, 0.0f64);
+    let (db, wall) = baseline::database(
+        &system.db,
+        Arc::clone(&fixture),
+        user_ids,
+        cli.concurrency,
+        cli.duration,
+    )
+    .await?;
+    rows.push(db.summarize("baseline: GetCase SQL via sqlx (database ceiling)", wall));
+    for scenario in scenarios {
+        let (recorder, wall) = load::run(
+            scenario,
+            system.auth.addr,
+            system.cases.addr,
+            Arc::clone(&fixture),
+            cli.connections,
+            cli.concurrency,
+            cli.duration,
+        )
+        .await?;
+        if let Some((auth, cases)) = system.auth.rss_mib().zip(system.cases.rss_mib()) {
+            peak = (peak.0.max(auth), peak.1.max(cases));
+        }
+        let name = match scenario {
+            Scenario::Noop => "baseline: health check (transport ceiling)".to_owned(),
+            other => format!("{other:?}"),
+        };
+        rows.push(recorder.summarize(&name, wall));
+    }
+    let eddsa = baseline::eddsa_verifies_per_second(Duration::from_secs(2))?;
+
+    println!(
+        "{} calls in flight over {} connections, {:?} each; services on CPUs {:?}; token cache {} entries\n",
+        cli.concurrency, cli.connections, cli.duration, cli.server_cpus, cli.cache_entries
+    );
+    println!("{}", Summary::HEADER);
+    for row in &rows {
+        println!("{}", row.row());
+    }
+    println!("| baseline: raw EdDSA verify, one core (crypto ceiling) | {eddsa:.0} | | | | | |");
+    if let Some((auth, cases)) = idle {
+        println!(
+            "\nresident memory: idle auth-svc {auth:.1} MiB, case-svc {cases:.1} MiB; under load max auth-svc {:.1} MiB, case-svc {:.1} MiB",
+            peak.0, peak.1
+        );
+    }
+    if let Some(path) = &cli.json {
+        let report = Report {
+            concurrency: cli.concurrency,
+            connections: cli.connections,
+            duration_secs: cli.duration.as_secs_f64(),
+            server_cpus: cli.server_cpus.clone(),
+            cache_entries: cli.cache_entries,
+            eddsa_raw_verifies_per_sec: eddsa,
+            rss_mib_idle: idle,
+            rss_mib_max_under_load: Some(peak),
+            rows,
+        };
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    Ok(())
+}
+
+/// The `sub` of each seeded token (the database baseline queries by owner).
+fn user_ids(tokens: &[String]) -> Vec<String> {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    tokens
+        .iter()
+        .filter_map(|token| token.split('.').nth(1))
+        .filter_map(|payload| URL_SAFE_NO_PAD.decode(payload).ok())
+        .filter_map(|json| serde_json::from_slice::<serde_json::Value>(&json).ok())
+        .filter_map(|claims| claims["sub"].as_str().map(str::to_owned))
+        .collect()
+}

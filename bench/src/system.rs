@@ -1,0 +1,159 @@
+//! The system under test: the development issuer in this process, auth-svc
+//! and case-svc as separate processes (optionally pinned to CPUs with
+//! `taskset`), users and cases seeded through the real API.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use casebook::{config::DatabaseArgs, db::Database};
+use casebook_stack::{
+    better_auth,
+    dev_issuer::{self, DevIssuer, Exposure},
+};
+use clap::Parser;
+
+/// A service process; killed when dropped.
+pub struct Service {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Service {
+    /// Resident memory (VmRSS) in MiB, from /proc.
+    pub fn rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib / 1024.0)
+    }
+}
+
+/// Everything the scenarios need.
+pub struct System {
+    /// auth-svc.
+    pub auth: Service,
+    /// case-svc.
+    pub cases: Service,
+    /// One token per seeded user.
+    pub tokens: Vec<String>,
+    /// The database, for the baseline.
+    pub db: Database,
+    _issuer: DevIssuer,
+    _data: TempDir,
+}
+
+/// A directory removed on drop (the issuer's key).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+#[derive(Parser)]
+struct DatabaseOnly {
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+/// How to start the system.
+pub struct Options<'a> {
+    /// PostgreSQL (or SQLite) URL.
+    pub database_url: &'a str,
+    /// Directory with the `auth-svc` and `case-svc` binaries.
+    pub bin_dir: &'a Path,
+    /// `taskset -c` list for the services; empty: no pinning.
+    pub server_cpus: &'a str,
+    /// JWT_CACHE_ENTRIES for the services.
+    pub cache_entries: usize,
+    /// Users to seed.
+    pub users: usize,
+}
+
+impl System {
+    /// Starts the issuer and both services and seeds users.
+    pub async fn start(options: &Options<'_>) -> anyhow::Result<Self> {
+        let data =
+            TempDir(std::env::temp_dir().join(format!("casebook-bench-{}", std::process::id())));
+        let key = dev_issuer::load_or_create_key(&data.0)?;
+        let issuer =
+            DevIssuer::start(key, "127.0.0.1:0".parse()?, None, Exposure::LoopbackOnly).await?;
+        let args = DatabaseOnly::try_parse_from(["bench", "--database-url", options.database_url])?;
+        let db = Database::connect(&args.database).await?;
+        better_auth::ensure_schema(&db).await?;
+        let mut tokens = Vec::new();
+        for i in 0..options.users {
+            let user = better_auth::ensure_user(&db, &format!("bench-{i}@casebook.local"), "Bench")
+                .await?;
+            tokens.push(issuer.mint(&user, Duration::from_secs(3600)));
+        }
+        let spawn = |binary: &str, addr_var: &str| -> anyhow::Result<Service> {
+            let addr = free_addr()?;
+            let path = options.bin_dir.join(binary);
+            let mut command = if options.server_cpus.is_empty() {
+                Command::new(&path)
+            } else {
+                let mut taskset = Command::new("taskset");
+                taskset.args(["-c", options.server_cpus]).arg(&path);
+                taskset
+            };
+            let child = command
+                .env(addr_var, addr.to_string())
+                .env("BETTER_AUTH_URL", issuer.url())
+                .env("DATABASE_URL", options.database_url)
+                .env("JWT_CACHE_ENTRIES", options.cache_entries.to_string())
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .with_context(|| format!("cannot start {}", path.display()))?;
+            Ok(Service { child, addr })
+        };
+        let auth = spawn("auth-svc", "AUTH_SVC_ADDR")?;
+        let cases = spawn("case-svc", "CASE_SVC_ADDR")?;
+        for service in [&auth, &cases] {
+            wait_serving(service.addr).await?;
+        }
+        Ok(Self {
+            auth,
+            cases,
+            tokens,
+            db,
+            _issuer: issuer,
+            _data: data,
+        })
+    }
+}
+
+async fn wait_serving(addr: SocketAddr) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if casebook::server::check_health(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{addr} never became SERVING")
+}

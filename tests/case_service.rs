@@ -582,6 +582,43 @@ async fn a_stale_etag_is_aborted_and_concurrent_writers_have_one_winner() {
 }
 
 #[tokio::test]
+async fn concurrent_writers_without_an_etag_all_succeed() {
+    let app = CaseSvc::start(&[]).await;
+    let alice = As::user(&app, "alice").await;
+    let mut first = As {
+        client: app.client().await,
+        token: alice.token.clone(),
+    };
+    let case = first.create(As::draft("busy")).await.unwrap();
+    let mut writers = Vec::new();
+    for i in 0..8 {
+        let mut writer = As {
+            client: app.client().await,
+            token: alice.token.clone(),
+        };
+        let edit = Case {
+            name: case.name.clone(),
+            title: format!("writer {i}"),
+            ..Case::default()
+        };
+        writers.push(tokio::spawn(async move {
+            writer.update(edit, &["title"]).await
+        }));
+    }
+    for writer in writers {
+        writer
+            .await
+            .unwrap()
+            .expect("an unconditional update never aborts");
+    }
+    assert_eq!(
+        first.get(&case.name).await.unwrap().etag,
+        "v9",
+        "eight writes, none lost"
+    );
+}
+
+#[tokio::test]
 async fn a_repeated_request_id_creates_one_case() {
     let app = CaseSvc::start(&[]).await;
     let mut alice = As::user(&app, "alice").await;

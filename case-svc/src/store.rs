@@ -451,6 +451,47 @@ impl CaseStore {
         Ok(run!(&self.db, sql, args, query_as, fetch_all)?)
     }
 
+    /// The shape of every write: read the row, check its state and the
+    /// caller's etag, then write on condition that the version read is still
+    /// current. A caller without an etag asked for no condition, so losing a
+    /// race to another writer means reading again (a few times), not ABORTED.
+    async fn write_if(
+        &self,
+        owner: &UserId,
+        id: CaseId,
+        expected: Option<i64>,
+        applies: impl Fn(&CaseRow) -> bool,
+        statement: &Sql,
+        args: impl Fn(&CaseRow) -> Vec<Arg>,
+    ) -> Result<Write, StoreError> {
+        const ATTEMPTS: usize = 5;
+        for _ in 0..ATTEMPTS {
+            let Some(current) = self.get(owner, id).await? else {
+                return Ok(Write::NotFound);
+            };
+            if !applies(&current) {
+                return Ok(Write::WrongState(current));
+            }
+            if expected.is_some_and(|v| v != current.version) {
+                return Ok(Write::Conflict);
+            }
+            let written: Option<CaseRow> = run!(
+                &self.db,
+                statement,
+                args(&current),
+                query_as,
+                fetch_optional
+            )?;
+            if let Some(row) = written {
+                return Ok(Write::Done(row));
+            }
+            if expected.is_some() {
+                return Ok(Write::Conflict);
+            }
+        }
+        Ok(Write::Conflict)
+    }
+
     /// Applies `patch` to a live case, if `expected` (a version) still holds.
     pub async fn update(
         &self,
@@ -459,27 +500,20 @@ impl CaseStore {
         expected: Option<i64>,
         patch: &CasePatch,
     ) -> Result<Write, StoreError> {
-        let Some(current) = self.get(owner, id).await? else {
-            return Ok(Write::NotFound);
-        };
-        if current.deleted_at.is_some() {
-            return Ok(Write::WrongState(current));
-        }
-        if expected.is_some_and(|v| v != current.version) {
-            return Ok(Write::Conflict);
-        }
-        let args = [
-            Arg::Text(current.id.clone()),
-            Arg::Text(owner.as_str().to_owned()),
-            Arg::Int(current.version),
-            Arg::OptText(patch.title.as_ref().map(|t| t.as_str().to_owned())),
-            Arg::OptText(patch.description.as_ref().map(|d| d.as_str().to_owned())),
-            Arg::OptText(patch.status.map(|s| s.as_str_name().to_owned())),
-            Arg::OptText(patch.kind.map(|t| t.as_str_name().to_owned())),
-            Arg::Text(sql_time(now())),
-        ];
-        let row: Option<CaseRow> = run!(&self.db, self.sql.update, args, query_as, fetch_optional)?;
-        Ok(row.map_or(Write::Conflict, Write::Done))
+        let live = |row: &CaseRow| row.deleted_at.is_none();
+        self.write_if(owner, id, expected, live, &self.sql.update, |current| {
+            vec![
+                Arg::Text(current.id.clone()),
+                Arg::Text(owner.as_str().to_owned()),
+                Arg::Int(current.version),
+                Arg::OptText(patch.title.as_ref().map(|t| t.as_str().to_owned())),
+                Arg::OptText(patch.description.as_ref().map(|d| d.as_str().to_owned())),
+                Arg::OptText(patch.status.map(|s| s.as_str_name().to_owned())),
+                Arg::OptText(patch.kind.map(|t| t.as_str_name().to_owned())),
+                Arg::Text(sql_time(now())),
+            ]
+        })
+        .await
     }
 
     /// Soft-deletes a live case; it is purged `retention` later.
@@ -490,26 +524,22 @@ impl CaseStore {
         expected: Option<i64>,
         retention: Duration,
     ) -> Result<Write, StoreError> {
-        let Some(current) = self.get(owner, id).await? else {
-            return Ok(Write::NotFound);
-        };
-        if current.deleted_at.is_some() {
-            return Ok(Write::WrongState(current));
-        }
-        if expected.is_some_and(|v| v != current.version) {
-            return Ok(Write::Conflict);
-        }
-        let now = now();
-        let purge_at = now + chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-        let args = [
-            Arg::Text(current.id.clone()),
-            Arg::Text(owner.as_str().to_owned()),
-            Arg::Int(current.version),
-            Arg::Text(sql_time(now)),
-            Arg::Text(sql_time(purge_at)),
-        ];
-        let row: Option<CaseRow> = run!(&self.db, self.sql.delete, args, query_as, fetch_optional)?;
-        Ok(row.map_or(Write::Conflict, Write::Done))
+        let live = |row: &CaseRow| row.deleted_at.is_none();
+        self.write_if(owner, id, expected, live, &self.sql.delete, |current| {
+            let now = now();
+            let purge_at = chrono::Duration::from_std(retention)
+                .ok()
+                .and_then(|retention| now.checked_add_signed(retention))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
+            vec![
+                Arg::Text(current.id.clone()),
+                Arg::Text(owner.as_str().to_owned()),
+                Arg::Int(current.version),
+                Arg::Text(sql_time(now)),
+                Arg::Text(sql_time(purge_at)),
+            ]
+        })
+        .await
     }
 
     /// Restores a soft-deleted case.
@@ -519,24 +549,23 @@ impl CaseStore {
         id: CaseId,
         expected: Option<i64>,
     ) -> Result<Write, StoreError> {
-        let Some(current) = self.get(owner, id).await? else {
-            return Ok(Write::NotFound);
-        };
-        if current.deleted_at.is_none() {
-            return Ok(Write::WrongState(current));
-        }
-        if expected.is_some_and(|v| v != current.version) {
-            return Ok(Write::Conflict);
-        }
-        let args = [
-            Arg::Text(current.id.clone()),
-            Arg::Text(owner.as_str().to_owned()),
-            Arg::Int(current.version),
-            Arg::Text(sql_time(now())),
-        ];
-        let row: Option<CaseRow> =
-            run!(&self.db, self.sql.undelete, args, query_as, fetch_optional)?;
-        Ok(row.map_or(Write::Conflict, Write::Done))
+        let deleted = |row: &CaseRow| row.deleted_at.is_some();
+        self.write_if(
+            owner,
+            id,
+            expected,
+            deleted,
+            &self.sql.undelete,
+            |current| {
+                vec![
+                    Arg::Text(current.id.clone()),
+                    Arg::Text(owner.as_str().to_owned()),
+                    Arg::Int(current.version),
+                    Arg::Text(sql_time(now())),
+                ]
+            },
+        )
+        .await
     }
 
     /// Removes soft-deleted cases whose purge time has passed; returns how many.

@@ -63,11 +63,26 @@ impl Database {
             {
                 std::fs::create_dir_all(dir)?;
             }
-            let pool = SqlitePoolOptions::new()
-                .max_connections(args.database_max_connections)
-                .acquire_timeout(acquire_timeout)
-                .connect_with(options)
-                .await?;
+            // Switching a new file to WAL takes a lock SQLite cannot wait for,
+            // so processes opening the same new file at once may see BUSY:
+            // the loser simply tries again (the switch is permanent).
+            let mut attempt = 0;
+            let pool = loop {
+                let opened = SqlitePoolOptions::new()
+                    .max_connections(args.database_max_connections)
+                    .acquire_timeout(acquire_timeout)
+                    .connect_with(options.clone())
+                    .await;
+                match opened {
+                    Err(sqlx::Error::Database(e))
+                        if e.code().as_deref() == Some("5") && attempt < 5 =>
+                    {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                    }
+                    other => break other?,
+                }
+            };
             return Ok(Self::Sqlite(pool));
         }
         Err(ConnectError::UnsupportedUrl(redact(url)))

@@ -161,6 +161,12 @@ pub struct ServerArgs {
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "GRPC_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
     pub grpc_max_message_bytes: usize,
+    /// Calls in flight beyond which new calls are refused at once (RESOURCE_EXHAUSTED).
+    #[arg(long, env = "MAX_CONCURRENT_CALLS", default_value_t = 1024)]
+    pub max_concurrent_calls: usize,
+    /// Where to serve Prometheus metrics (GET /metrics); unset: not served.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// How long in-flight calls may run after a shutdown signal.
     #[arg(long, env = "SHUTDOWN_GRACE", value_parser = duration, default_value = "10s")]
     pub shutdown_grace: Duration,

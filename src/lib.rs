@@ -5,12 +5,16 @@
 //! - [`server`]: the bootstrap every service starts through (reflection, health,
 //!   grpc-web + CORS, limits, graceful shutdown);
 //! - [`db`]: database connections and Better Auth's user read model;
+//! - [`observe`], [`metrics`]: request ids, the concurrency limit, per-call
+//!   logs and Prometheus metrics;
 //! - [`config`], [`telemetry`], [`rpc_error`], [`wkt`]: settings, logs, error
 //!   details and protobuf well-known type conversions.
 
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod metrics;
+pub mod observe;
 pub mod pb;
 pub mod rpc_error;
 pub mod server;

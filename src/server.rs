@@ -1,8 +1,9 @@
 //! The bootstrap every Casebook service starts through.
 //!
 //! Reading [`GrpcServer::serve`] tells you what every request goes through:
-//! CORS (answers browser preflights) → grpc-web translation → authentication
-//! → the service. Around that, every server gets health (`grpc.health.v1`,
+//! CORS (answers browser preflights) → grpc-web translation → observation
+//! (request id, concurrency limit, metrics, one log line) → authentication →
+//! the service. Around that, every server gets health (`grpc.health.v1`,
 //! NOT_SERVING until the service says it is ready and again from the moment
 //! shutdown starts), reflection v1 and v1alpha (grpcurl 1.8 speaks only the
 //! latter) and graceful shutdown bounded by a grace period.
@@ -168,6 +169,9 @@ impl GrpcServer {
             .http2_max_header_list_size(64 * 1024)
             .layer(cors)
             .layer(tonic_web::GrpcWebLayer::new())
+            .layer(crate::observe::ObserveLayer::new(
+                self.options.max_concurrent_calls,
+            ))
             .layer(tower::util::option_layer(self.auth))
             .add_routes(self.routes.routes());
 

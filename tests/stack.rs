@@ -27,6 +27,10 @@ fn args(data: &std::path::Path) -> Cli {
         "127.0.0.1:0",
         "--case-svc-addr",
         "127.0.0.1:0",
+        "--gateway-addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
     ])
     .unwrap()
 }

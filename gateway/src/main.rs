@@ -9,6 +9,9 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         return Ok(casebook::server::healthcheck(config.listen_addr).await);
     }
     casebook::telemetry::init(config.telemetry.log_format);
+    if let Some(addr) = config.server.metrics_addr {
+        casebook::metrics::serve(addr).await?;
+    }
     let gateway = gateway::build(config).await?;
     gateway.server.run_until_stopped().await?;
     Ok(std::process::ExitCode::SUCCESS)

@@ -150,6 +150,21 @@ impl JwksCache {
     /// task ends by itself once every clone of the cache is dropped.
     pub fn start(&self) {
         let weak = Arc::downgrade(&self.shared);
+        let watched = weak.clone();
+        crate::metrics::global().register(move |gauges| {
+            let Some(shared) = watched.upgrade() else {
+                return;
+            };
+            let url = vec![("url", shared.config.url.clone())];
+            if let Some(snapshot) = shared.current.load().as_ref() {
+                gauges.push((
+                    "casebook_jwks_age_seconds".into(),
+                    url.clone(),
+                    snapshot.fetched_at.elapsed().as_secs_f64(),
+                ));
+                gauges.push(("casebook_jwks_keys".into(), url, snapshot.keys.len() as f64));
+            }
+        });
         tokio::spawn(refresh_loop(weak));
     }
 
@@ -262,6 +277,12 @@ impl JwksCache {
                 tracing::warn!(url = %self.shared.config.url, %error, "JWKS fetch failed")
             }
         }
+        let label = if result.is_ok() { "ok" } else { "failed" };
+        crate::metrics::global().count(
+            "casebook_jwks_fetches_total",
+            vec![("result", label.into())],
+            1,
+        );
         let outcome = result.map(|(keys, ttl)| {
             self.shared.current.store(Some(Arc::new(Snapshot {
                 keys,

@@ -18,6 +18,7 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 use super::{AuthError, TokenVerifier};
+use crate::observe::CallContext;
 
 /// Path prefixes that never require a token: probes and API discovery.
 const ALWAYS_PUBLIC: [&str; 3] = [
@@ -106,6 +107,9 @@ where
             };
             match principal {
                 Ok(principal) => {
+                    if let Some(call) = request.extensions().get::<Arc<CallContext>>() {
+                        call.set_user(principal.user_id.as_str());
+                    }
                     request.extensions_mut().insert(principal);
                     inner.call(request).await
                 }

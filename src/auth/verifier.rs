@@ -63,10 +63,27 @@ impl TokenVerifier {
 
     /// Like [`Self::new`], remembering up to `cached_tokens` (0: none).
     pub fn with_cache(keys: JwksCache, policy: VerificationPolicy, cached_tokens: usize) -> Self {
+        let verified = Arc::new(VerifiedTokens::new(cached_tokens));
+        let watched = Arc::downgrade(&verified);
+        crate::metrics::global().register(move |gauges| {
+            if let Some(cache) = watched.upgrade() {
+                let stats = cache.stats();
+                gauges.push((
+                    "casebook_token_cache_hits_total".into(),
+                    Vec::new(),
+                    stats.hits as f64,
+                ));
+                gauges.push((
+                    "casebook_token_cache_misses_total".into(),
+                    Vec::new(),
+                    stats.misses as f64,
+                ));
+            }
+        });
         Self {
             keys,
             policy: Arc::new(policy),
-            verified: Arc::new(VerifiedTokens::new(cached_tokens)),
+            verified,
         }
     }
 
@@ -102,6 +119,11 @@ impl TokenVerifier {
                 Ok(principal)
             }
             Err(error) => {
+                crate::metrics::global().count(
+                    "casebook_token_rejections_total",
+                    vec![("reason", error.reason().to_owned())],
+                    1,
+                );
                 tracing::info!(
                     reason = error.reason(),
                     kid = kid.as_deref().map(|k| truncate(k, 64)),

@@ -92,6 +92,9 @@ pub struct StackArgs {
         default_value = "http://localhost:5173,http://127.0.0.1:5173"
     )]
     pub cors_allowed_origins: Vec<String>,
+    /// Where to serve Prometheus metrics for every service (GET /metrics).
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9090")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Lifetime of the tokens the stack prints.
     #[arg(long, env = "DEV_TOKEN_LIFETIME", value_parser = duration, default_value = "12h")]
     pub token_lifetime: Duration,
@@ -129,6 +132,8 @@ pub struct Stack {
     pub cases: RunningServer,
     /// The gateway in front of both.
     pub gateway: gateway::Gateway,
+    /// Where metrics are served, if anywhere.
+    pub metrics: Option<SocketAddr>,
     /// The demo user.
     pub demo: UserRow,
     /// A token for the demo user.
@@ -181,7 +186,12 @@ impl Stack {
         ])?)
         .await?;
         let token = issuer.mint(&demo, args.token_lifetime);
+        let metrics = match args.metrics_addr {
+            Some(addr) => Some(casebook::metrics::serve(addr).await?),
+            None => None,
+        };
         Ok(Self {
+            metrics,
             issuer,
             auth,
             cases,
@@ -211,6 +221,7 @@ Casebook is running (data in {data}).
   auth-svc  {auth}   casebook.auth.v1.AuthService    gRPC and grpc-web
   case-svc  {cases}   casebook.cases.v1.CaseService   gRPC and grpc-web
   gateway   http://{gateway}   grpc-web for the browser (CORS: {origins})
+  metrics   {metrics}
   issuer    {issuer}/api/auth/jwks   development keys (stands in for Better Auth)
 
 Signed in as {email} ({id}). Token (valid {lifetime}):
@@ -227,6 +238,9 @@ Ctrl-C stops everything.
 "#,
             data = self.data_dir.display(),
             origins = self.cors_origins,
+            metrics = self
+                .metrics
+                .map_or("off".to_owned(), |addr| format!("http://{addr}/metrics")),
             issuer = self.issuer.url(),
             email = self.demo.email,
             id = self.demo.id,

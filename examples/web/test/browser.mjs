@@ -46,13 +46,14 @@ function startStack(env) {
 const data = await mkdtemp(path.join(os.tmpdir(), "casebook-browser-"));
 const page = await serve(0, "127.0.0.1");
 const pageOrigin = `http://127.0.0.1:${page.address().port}`;
-const [issuer, authSvc, caseSvc, gatewayPort] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+const [issuer, authSvc, caseSvc, gatewayPort, metrics] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort()]);
 const stack = startStack({
   CASEBOOK_DATA_DIR: data,
   DEV_ISSUER_ADDR: `127.0.0.1:${issuer}`,
   AUTH_SVC_ADDR: `127.0.0.1:${authSvc}`,
   CASE_SVC_ADDR: `127.0.0.1:${caseSvc}`,
   GATEWAY_ADDR: `127.0.0.1:${gatewayPort}`,
+  METRICS_ADDR: `127.0.0.1:${metrics}`,
   CORS_ALLOWED_ORIGINS: pageOrigin,
   RUST_LOG: "warn",
 });

@@ -1,0 +1,279 @@
+//! What every call goes through first (inside grpc-web translation, outside
+//! authentication): a request id, the concurrency limit, metrics and one
+//! structured log line.
+//!
+//! - `x-request-id` is taken from the request when it is a sane value or
+//!   generated, put back on the request (so the gateway forwards it) and
+//!   returned in the response headers.
+//! - Beyond `MAX_CONCURRENT_CALLS` calls in flight, a call is refused at once
+//!   with `RESOURCE_EXHAUSTED` (reason `OVERLOADED`) instead of queueing: the
+//!   admitted calls keep their latency and the client can back off.
+//! - When the response ends (trailers seen, or the client went away) one line
+//!   is logged: method, gRPC code, latency, user id, request id. Never the
+//!   token, never personal fields beyond the id.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use http::{HeaderMap, HeaderValue, header::HeaderName};
+use http_body::Frame;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::{Code, Status};
+use tower::{Layer, Service};
+
+use crate::{metrics, rpc_error};
+
+/// The request id header.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Per-call facts later layers fill in (the auth layer sets the user).
+#[derive(Default, Debug)]
+pub struct CallContext {
+    user: OnceLock<String>,
+}
+
+impl CallContext {
+    /// Records the authenticated user's id.
+    pub fn set_user(&self, user: &str) {
+        let _ = self.user.set(user.to_owned());
+    }
+}
+
+/// The layer.
+#[derive(Clone)]
+pub struct ObserveLayer {
+    slots: Arc<Semaphore>,
+}
+
+impl ObserveLayer {
+    /// At most `max_concurrent_calls` calls in flight.
+    pub fn new(max_concurrent_calls: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(max_concurrent_calls.max(1))),
+        }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            slots: Arc::clone(&self.slots),
+        }
+    }
+}
+
+/// The service the layer wraps around the rest of the stack.
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    slots: Arc<Semaphore>,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B> Service<http::Request<B>> for Observe<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let method = method_label(request.uri().path());
+        let request_id = request_id(request.headers());
+        request.headers_mut().insert(REQUEST_ID, request_id.clone());
+        let context = Arc::new(CallContext::default());
+        request.extensions_mut().insert(Arc::clone(&context));
+        let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
+            metrics::global().count(
+                "casebook_calls_rejected_total",
+                vec![("reason", "OVERLOADED".into())],
+                1,
+            );
+            let status = rpc_error::with_reason(
+                Code::ResourceExhausted,
+                "OVERLOADED",
+                "the server is at its concurrency limit; retry with backoff",
+            );
+            let call = Call {
+                method,
+                started: Instant::now(),
+                request_id: request_id.clone(),
+                context,
+                permit: None,
+            };
+            call.finish(Code::ResourceExhausted);
+            let mut response: http::Response<tonic::body::Body> = status.into_http();
+            response.headers_mut().insert(REQUEST_ID, request_id);
+            return Box::pin(async move { Ok(response) });
+        };
+        metrics::global().gauge_add("casebook_calls_in_flight", Vec::new(), 1.0);
+        let call = Call {
+            method,
+            started: Instant::now(),
+            request_id: request_id.clone(),
+            context,
+            permit: Some(permit),
+        };
+        Box::pin(async move {
+            let response = inner.call(request).await?;
+            let (mut parts, body) = response.into_parts();
+            parts.headers.insert(REQUEST_ID, request_id);
+            // A trailers-only response carries its status in the headers.
+            let code = parts.headers.get("grpc-status").map(code_of);
+            let body = Observed {
+                inner: body,
+                call: Some(call),
+                code,
+            };
+            Ok(http::Response::from_parts(
+                parts,
+                tonic::body::Body::new(body),
+            ))
+        })
+    }
+}
+
+/// `pkg.Service/Method` for gRPC paths; anything else is one label.
+fn method_label(path: &str) -> String {
+    match path.strip_prefix('/').and_then(|p| p.split_once('/')) {
+        Some((service, method))
+            if !service.is_empty() && !method.is_empty() && !method.contains('/') =>
+        {
+            format!("{service}/{method}")
+        }
+        _ => "other".to_owned(),
+    }
+}
+
+/// The caller's `x-request-id` if it is short visible ASCII, else a new one.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    let given = headers.get(REQUEST_ID).filter(|v| {
+        let bytes = v.as_bytes();
+        !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
+    });
+    if let Some(value) = given {
+        return value.clone();
+    }
+    let mut random = [0u8; 16];
+    let _ = aws_lc_rs::rand::fill(&mut random);
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    HeaderValue::from_str(&hex).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+fn code_of(value: &HeaderValue) -> Code {
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(Code::Unknown, Code::from_i32)
+}
+
+struct Call {
+    method: String,
+    started: Instant,
+    request_id: HeaderValue,
+    context: Arc<CallContext>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Call {
+    fn finish(self, code: Code) {
+        let elapsed = self.started.elapsed();
+        let code_name = format!("{code:?}");
+        let registry = metrics::global();
+        registry.count(
+            "casebook_calls_total",
+            vec![("method", self.method.clone()), ("code", code_name.clone())],
+            1,
+        );
+        registry.observe(
+            "casebook_call_duration_seconds",
+            vec![("method", self.method.clone())],
+            elapsed,
+        );
+        if self.permit.is_some() {
+            registry.gauge_add("casebook_calls_in_flight", Vec::new(), -1.0);
+        }
+        tracing::info!(
+            method = %self.method,
+            code = %code_name,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            user = self.context.user.get().map(String::as_str).unwrap_or("-"),
+            request_id = self.request_id.to_str().unwrap_or("-"),
+            "call"
+        );
+    }
+}
+
+/// The response body, watched for the trailers that carry the gRPC status.
+struct Observed {
+    inner: tonic::body::Body,
+    call: Option<Call>,
+    code: Option<Code>,
+}
+
+impl http_body::Body for Observed {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(status) = frame.trailers_ref().and_then(|t| t.get("grpc-status")) {
+                    self.code = Some(code_of(status));
+                }
+            }
+            Poll::Ready(Some(Err(status))) => self.code = Some(status.code()),
+            Poll::Ready(None) => {
+                let code = self.code.unwrap_or(Code::Ok);
+                if let Some(call) = self.call.take() {
+                    call.finish(code);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        // The client went away (or the body was dropped unread) before the end.
+        if let Some(call) = self.call.take() {
+            call.finish(self.code.unwrap_or(Code::Cancelled));
+        }
+    }
+}

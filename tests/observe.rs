@@ -1,0 +1,135 @@
+//! What operators see: request ids, per-call metrics, the metrics endpoint,
+//! and fast rejection beyond the concurrency limit.
+
+mod common;
+
+use std::time::Duration;
+
+use casebook::pb::casebook::auth::v1::{VerifyTokenRequest, WhoAmIRequest};
+use common::{AuthSvc, Behaviour, GatewayStack, assert_reason, bearer, claims, http1};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use tonic::Code;
+
+#[tokio::test]
+async fn request_ids_are_returned_generated_and_carried_through_the_gateway() {
+    let stack = GatewayStack::start(1, &[]).await;
+    let token = stack.env.user("alice").await;
+    let mut client = stack.auth.client().await;
+
+    let mut request = bearer(WhoAmIRequest {}, &token);
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-123".parse().unwrap());
+    let response = client.who_am_i(request).await.unwrap();
+    assert_eq!(response.metadata().get("x-request-id").unwrap(), "req-123");
+
+    let response = client
+        .who_am_i(bearer(WhoAmIRequest {}, &token))
+        .await
+        .unwrap();
+    let generated = response
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(generated.len(), 32, "a generated id: {generated}");
+
+    let reply = common::grpc_web(
+        stack.addr(),
+        "/casebook.auth.v1.AuthService/WhoAmI",
+        &WhoAmIRequest {},
+        &[
+            ("authorization", &format!("Bearer {token}")),
+            ("x-request-id", "from-the-browser"),
+        ],
+        false,
+    )
+    .await;
+    assert_eq!(
+        reply.headers["x-request-id"], "from-the-browser",
+        "the gateway forwards the caller's id"
+    );
+
+    let status = client.who_am_i(WhoAmIRequest {}).await.unwrap_err();
+    assert!(
+        status.metadata().get("x-request-id").is_some(),
+        "errors carry it too"
+    );
+}
+
+#[tokio::test]
+async fn calls_and_rejections_are_counted_and_served_on_the_metrics_endpoint() {
+    let app = AuthSvc::start(&[]).await;
+    let token = app.user("metrics-user").await;
+    let mut client = app.client().await;
+    client
+        .who_am_i(bearer(WhoAmIRequest {}, &token))
+        .await
+        .unwrap();
+    let _ = client
+        .verify_token(VerifyTokenRequest {
+            token: "a.b.c".into(),
+        })
+        .await;
+
+    let addr = casebook::metrics::serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let request = http::Request::get(format!("http://{addr}/metrics"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (parts, body) = http1(request).await;
+    assert_eq!(parts.status, 200);
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    for expected in [
+        r#"casebook_calls_total{method="casebook.auth.v1.AuthService/WhoAmI",code="Ok"}"#,
+        r#"casebook_call_duration_seconds_bucket{method="casebook.auth.v1.AuthService/WhoAmI",le="+Inf"}"#,
+        r#"casebook_token_rejections_total{reason="MALFORMED_TOKEN"}"#,
+        r#"casebook_jwks_fetches_total{result="ok"}"#,
+        "casebook_jwks_age_seconds{",
+        "casebook_token_cache_misses_total",
+        "casebook_calls_in_flight",
+    ] {
+        assert!(text.contains(expected), "missing {expected} in:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn beyond_the_concurrency_limit_calls_are_refused_at_once() {
+    let app = AuthSvc::start(&[
+        "--max-concurrent-calls",
+        "1",
+        "--jwks-refetch-cooldown",
+        "0s",
+    ])
+    .await;
+    // A token naming an unpublished key makes its call wait on a slow refetch,
+    // holding the only slot.
+    app.jwks.behave(Behaviour::Slow(Duration::from_secs(2)));
+    let stranger = app.issuer.keys[0].sign_parts(
+        br#"{"alg":"EdDSA","kid":"not-yet-published"}"#,
+        claims("u").to_string().as_bytes(),
+    );
+    let mut slow = app.client().await;
+    let holder =
+        tokio::spawn(async move { slow.who_am_i(bearer(WhoAmIRequest {}, &stranger)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = tokio::time::Instant::now();
+    let token = app.issuer.token("u");
+    let status = app
+        .client()
+        .await
+        .who_am_i(bearer(WhoAmIRequest {}, &token))
+        .await
+        .unwrap_err();
+    assert_reason(&status, Code::ResourceExhausted, "OVERLOADED");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused without waiting for the slot"
+    );
+    let _ = holder.await.unwrap();
+}

@@ -134,6 +134,25 @@ impl AuthArgs {
     }
 }
 
+/// The settings every service that authenticates calls and reads Better
+/// Auth's tables shares (auth-svc, case-svc): flattened into each one's
+/// `Config`, so the names and help are written once.
+#[derive(Args, Clone, Debug)]
+pub struct ServiceArgs {
+    /// Token verification.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// The database holding Better Auth's tables.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Listener behaviour.
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Logging.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
 /// Which database to use.
 #[derive(Args, Clone, Debug)]
 pub struct DatabaseArgs {

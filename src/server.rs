@@ -337,6 +337,40 @@ pub async fn check_health(listen: SocketAddr) -> Result<(), String> {
         .unwrap_or_else(|_| Err(format!("no answer from {target} within 3s")))
 }
 
+/// The `main` of every service binary. With `healthcheck`, probes the
+/// instance at `listen`. Otherwise sets up logs, serves metrics if
+/// `METRICS_ADDR` is set, awaits `start` and serves until SIGINT/SIGTERM.
+/// A failure is printed as one line and becomes a failing exit code.
+pub async fn run_binary(
+    probe: Option<Probe>,
+    listen: SocketAddr,
+    telemetry: &crate::config::TelemetryArgs,
+    server: &ServerArgs,
+    start: impl Future<Output = Result<RunningServer, StartError>>,
+) -> std::process::ExitCode {
+    if probe == Some(Probe::Healthcheck) {
+        return healthcheck(listen).await;
+    }
+    crate::telemetry::init(telemetry.log_format);
+    let outcome = async {
+        if let Some(addr) = server.metrics_addr {
+            crate::metrics::serve(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?;
+        }
+        start.await?.run_until_stopped().await?;
+        Ok::<_, StartError>(())
+    };
+    match outcome.await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "stopped");
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (what orchestrators send).
 pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();

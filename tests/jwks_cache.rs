@@ -26,6 +26,14 @@ fn verifier(config: JwksCacheConfig) -> TokenVerifier {
     TokenVerifier::new(cache, VerificationPolicy::for_issuer(ISSUER))
 }
 
+/// A JWKS server publishing `keys` and a started verifier that has loaded them.
+async fn loaded(keys: &[&SigningKey]) -> (JwksServer, TokenVerifier) {
+    let server = JwksServer::start(issuer::jwks(keys.iter().copied())).await;
+    let verifier = verifier(config(&server));
+    verifier.keys().wait_until_loaded().await;
+    (server, verifier)
+}
+
 fn key(kid: &str) -> SigningKey {
     SigningKey::generate(Algorithm::EdDsa, kid).unwrap()
 }
@@ -33,9 +41,7 @@ fn key(kid: &str) -> SigningKey {
 #[tokio::test]
 async fn keys_are_fetched_once_and_then_served_from_memory() {
     let signer = key("k1");
-    let server = JwksServer::start(issuer::jwks([&signer])).await;
-    let verifier = verifier(config(&server));
-    verifier.keys().wait_until_loaded().await;
+    let (server, verifier) = loaded(&[&signer]).await;
     for _ in 0..200 {
         verifier.verify(&signer.sign(&claims("u"))).await.unwrap();
     }
@@ -45,9 +51,7 @@ async fn keys_are_fetched_once_and_then_served_from_memory() {
 #[tokio::test]
 async fn a_newly_published_key_is_accepted_after_one_refetch() {
     let old = key("old");
-    let server = JwksServer::start(issuer::jwks([&old])).await;
-    let verifier = verifier(config(&server));
-    verifier.keys().wait_until_loaded().await;
+    let (server, verifier) = loaded(&[&old]).await;
 
     let new = key("new");
     server.publish(issuer::jwks([&old, &new]));
@@ -60,9 +64,7 @@ async fn a_newly_published_key_is_accepted_after_one_refetch() {
 async fn a_removed_key_stops_verifying_after_the_next_refresh() {
     let old = key("old");
     let new = key("new");
-    let server = JwksServer::start(issuer::jwks([&old, &new])).await;
-    let verifier = verifier(config(&server));
-    verifier.keys().wait_until_loaded().await;
+    let (server, verifier) = loaded(&[&old, &new]).await;
     let token = old.sign(&claims("u"));
     verifier.verify(&token).await.unwrap();
 
@@ -74,9 +76,7 @@ async fn a_removed_key_stops_verifying_after_the_next_refresh() {
 #[tokio::test]
 async fn a_flood_of_unknown_kids_causes_at_most_one_fetch() {
     let known = key("known");
-    let server = JwksServer::start(issuer::jwks([&known])).await;
-    let verifier = verifier(config(&server));
-    verifier.keys().wait_until_loaded().await;
+    let (server, verifier) = loaded(&[&known]).await;
     let before = server.hits();
 
     let forger = key("forger");
@@ -161,9 +161,7 @@ async fn a_slow_endpoint_costs_a_caller_at_most_the_fetch_timeout() {
 #[tokio::test]
 async fn garbage_errors_and_hangups_keep_the_last_good_keys() {
     let signer = key("k1");
-    let server = JwksServer::start(issuer::jwks([&signer])).await;
-    let verifier = verifier(config(&server));
-    verifier.keys().wait_until_loaded().await;
+    let (server, verifier) = loaded(&[&signer]).await;
     let token = signer.sign(&claims("u"));
     for behaviour in [Behaviour::Garbage, Behaviour::Status(404), Behaviour::Hang] {
         server.behave(behaviour.clone());
@@ -277,9 +275,7 @@ fn base64_url(bytes: &[u8]) -> String {
 #[tokio::test]
 async fn a_token_verified_once_is_served_from_the_cache() {
     let signer = key("k1");
-    let server = JwksServer::start(issuer::jwks([&signer])).await;
-    let verifier = verifier(config(&server));
-    verifier.keys().wait_until_loaded().await;
+    let (_server, verifier) = loaded(&[&signer]).await;
     let token = signer.sign(&claims("u"));
     let first = verifier.verify(&token).await.unwrap();
     let again = verifier.verify(&token).await.unwrap();
@@ -299,9 +295,7 @@ async fn a_token_verified_once_is_served_from_the_cache() {
 async fn a_cached_token_stops_verifying_when_its_key_leaves_the_jwks() {
     let old = key("old");
     let new = key("new");
-    let server = JwksServer::start(issuer::jwks([&old, &new])).await;
-    let verifier = verifier(config(&server));
-    verifier.keys().wait_until_loaded().await;
+    let (server, verifier) = loaded(&[&old, &new]).await;
     let token = old.sign(&claims("u"));
     verifier.verify(&token).await.unwrap();
     verifier.verify(&token).await.unwrap();

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 
 use casebook::{
     auth::AuthLayer,
-    config::{AuthArgs, DatabaseArgs, ServerArgs, TelemetryArgs},
+    config::ServiceArgs,
     db::{Database, users::UserDirectory},
     pb::casebook::auth::v1::auth_service_server::AuthServiceServer,
     server::{self, GrpcServer, RunningServer, StartError},
@@ -36,18 +36,9 @@ pub struct Config {
     /// Address to listen on for gRPC and grpc-web.
     #[arg(long, env = "AUTH_SVC_ADDR", default_value = "127.0.0.1:50051")]
     pub listen_addr: SocketAddr,
-    /// Token verification.
+    /// Auth, database, listener and logging settings.
     #[command(flatten)]
-    pub auth: AuthArgs,
-    /// Better Auth's database.
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-    /// Listener behaviour.
-    #[command(flatten)]
-    pub server: ServerArgs,
-    /// Logging.
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
+    pub service: ServiceArgs,
     /// `healthcheck` probes a running instance instead of starting one.
     #[command(subcommand)]
     pub probe: Option<server::Probe>,
@@ -56,15 +47,15 @@ pub struct Config {
 /// Starts auth-svc: connects to the database, starts the JWKS cache and serves.
 /// Health turns SERVING once the first key set is loaded.
 pub async fn build(config: Config) -> Result<RunningServer, StartError> {
-    let verifier = config.auth.verifier()?;
-    let users = UserDirectory::open(Database::connect(&config.database).await?).await?;
+    let verifier = config.service.auth.verifier()?;
+    let users = UserDirectory::open(Database::connect(&config.service.database).await?).await?;
     let listener = server::bind(config.listen_addr).await?;
     verifier.keys().start();
     let keys = verifier.keys().clone();
     let service = AuthServiceServer::new(AuthApi::new(verifier.clone(), users))
-        .max_decoding_message_size(config.server.grpc_max_message_bytes);
+        .max_decoding_message_size(config.service.server.grpc_max_message_bytes);
     let server = GrpcServer::new(
-        &config.server,
+        &config.service.server,
         AuthLayer::new(verifier, &[VERIFY_TOKEN_PATH]),
     )?
     .add_service(service)

@@ -1,18 +1,19 @@
 //! The `auth-svc` binary: parse settings, start, serve until SIGINT/SIGTERM.
 
+use std::process::ExitCode;
+
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<std::process::ExitCode> {
+async fn main() -> ExitCode {
     let config = auth_svc::Config::parse();
-    if config.probe.is_some() {
-        return Ok(casebook::server::healthcheck(config.listen_addr).await);
-    }
-    casebook::telemetry::init(config.telemetry.log_format);
-    if let Some(addr) = config.server.metrics_addr {
-        casebook::metrics::serve(addr).await?;
-    }
-    let server = auth_svc::build(config).await?;
-    server.run_until_stopped().await?;
-    Ok(std::process::ExitCode::SUCCESS)
+    let start = auth_svc::build(config.clone());
+    casebook::server::run_binary(
+        config.probe,
+        config.listen_addr,
+        &config.service.telemetry,
+        &config.service.server,
+        start,
+    )
+    .await
 }

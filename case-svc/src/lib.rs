@@ -15,7 +15,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use casebook::{
     auth::AuthLayer,
-    config::{AuthArgs, DatabaseArgs, ServerArgs, TelemetryArgs, duration},
+    config::{ServiceArgs, duration},
     db::Database,
     pb::casebook::cases::v1::case_service_server::CaseServiceServer,
     server::{self, GrpcServer, RunningServer, StartError},
@@ -42,18 +42,9 @@ pub struct Config {
     /// How often expired deleted cases are purged.
     #[arg(long, env = "CASE_PURGE_INTERVAL", value_parser = duration, default_value = "1h")]
     pub case_purge_interval: Duration,
-    /// Token verification.
+    /// Auth, database, listener and logging settings.
     #[command(flatten)]
-    pub auth: AuthArgs,
-    /// The database holding Better Auth's tables and `cases`.
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-    /// Listener behaviour.
-    #[command(flatten)]
-    pub server: ServerArgs,
-    /// Logging.
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
+    pub service: ServiceArgs,
     /// `healthcheck` probes a running instance instead of starting one.
     #[command(subcommand)]
     pub probe: Option<server::Probe>,
@@ -62,8 +53,8 @@ pub struct Config {
 /// Starts case-svc: migrates, starts the JWKS cache and the purge, serves.
 /// Refuses to start (one line saying so) if Better Auth's tables are missing.
 pub async fn build(config: Config) -> Result<RunningServer, StartError> {
-    let verifier = config.auth.verifier()?;
-    let db = Database::connect(&config.database).await?;
+    let verifier = config.service.auth.verifier()?;
+    let db = Database::connect(&config.service.database).await?;
     let store = store::CaseStore::open(db).await.map_err(|e| match e {
         store::OpenError::Schema(schema) => StartError::Schema(schema),
         other => StartError::Storage(Box::new(other)),
@@ -82,9 +73,9 @@ pub async fn build(config: Config) -> Result<RunningServer, StartError> {
         list_query::PageTokens::new(&secret),
         config.case_retention,
     );
-    let service =
-        CaseServiceServer::new(api).max_decoding_message_size(config.server.grpc_max_message_bytes);
-    let server = GrpcServer::new(&config.server, AuthLayer::new(verifier, &[]))?
+    let service = CaseServiceServer::new(api)
+        .max_decoding_message_size(config.service.server.grpc_max_message_bytes);
+    let server = GrpcServer::new(&config.service.server, AuthLayer::new(verifier, &[]))?
         .add_service(service)
         .serve(listener, async move { keys.wait_until_loaded().await })
         .await?;

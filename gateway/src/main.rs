@@ -1,18 +1,19 @@
 //! The `gateway` binary: parse settings, start, serve until SIGINT/SIGTERM.
 
+use std::process::ExitCode;
+
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<std::process::ExitCode> {
+async fn main() -> ExitCode {
     let config = gateway::Config::parse();
-    if config.probe.is_some() {
-        return Ok(casebook::server::healthcheck(config.listen_addr).await);
-    }
-    casebook::telemetry::init(config.telemetry.log_format);
-    if let Some(addr) = config.server.metrics_addr {
-        casebook::metrics::serve(addr).await?;
-    }
-    let gateway = gateway::build(config).await?;
-    gateway.server.run_until_stopped().await?;
-    Ok(std::process::ExitCode::SUCCESS)
+    let start = async { Ok(gateway::build(config.clone()).await?.server) };
+    casebook::server::run_binary(
+        config.probe,
+        config.listen_addr,
+        &config.telemetry,
+        &config.server,
+        start,
+    )
+    .await
 }

@@ -2,6 +2,7 @@
 //!
 //! The pieces, in the order a request meets them:
 //! [`AuthLayer`] takes the bearer token off the request, [`TokenVerifier`]
+//! answers from its [`token_cache`] when it verified the same token before, or
 //! parses it ([`token`]), finds its key in the [`JwksCache`], checks the
 //! signature ([`jwk`], [`Algorithm`]) and the claims ([`claims`]), and leaves a
 //! [`Principal`] in the request's extensions for the handler.

@@ -279,12 +279,25 @@ impl TestDb {
         }
     }
 
+    /// A database the test manages itself (e.g. its own PostgreSQL server),
+    /// with Better Auth's tables created.
+    pub async fn at(url: &str) -> Self {
+        let db = Self {
+            url: url.to_owned(),
+            cleanup: None,
+            _dir: None,
+        };
+        db.execute_script(include_str!("../../stack/better-auth/schema.postgres.sql"))
+            .await;
+        db
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }
 
     pub fn is_postgres(&self) -> bool {
-        self.cleanup.is_some()
+        self.url.starts_with("postgres")
     }
 
     /// Runs `sql` (several statements) on the test database.
@@ -328,6 +341,25 @@ impl TestDb {
                 .execute(&mut conn)
                 .await
                 .unwrap();
+        }
+    }
+
+    /// `SELECT count(*) … WHERE … = $1` with one text parameter.
+    pub async fn count(&self, sql: &'static str, param: &str) -> i64 {
+        if self.is_postgres() {
+            let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            sqlx::query_scalar(sql)
+                .bind(param)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+            sqlx::query_scalar(sql)
+                .bind(param)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
         }
     }
 
@@ -387,6 +419,15 @@ impl TestEnv {
             jwks,
             issuer,
             db: TestDb::create().await,
+        }
+    }
+
+    /// An environment on a database the test provides.
+    pub async fn with_db(issuer: Issuer, db: TestDb) -> Self {
+        Self {
+            jwks: JwksServer::start(issuer.jwks()).await,
+            issuer,
+            db,
         }
     }
 

@@ -76,7 +76,7 @@ fn short(text: &str) -> String {
 }
 
 /// The field a list is sorted by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SortField {
     /// `create_time`
     CreateTime,
@@ -87,7 +87,7 @@ pub enum SortField {
 }
 
 /// A parsed `order_by`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Order {
     /// The sort field.
     pub field: SortField,

@@ -292,6 +292,59 @@ impl Statements {
 pub struct CaseStore {
     db: Database,
     sql: Statements,
+    lists: std::sync::Mutex<std::collections::HashMap<ListShape, Arc<Sql>>>,
+}
+
+/// What decides the text of a list query (never the values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ListShape {
+    order: Order,
+    show_deleted: bool,
+    by_status: bool,
+    by_type: bool,
+    after_cursor: bool,
+}
+
+/// Keyset pagination on `(sort column, id)`, in the order of the
+/// `cases_owner_*` indexes. Columns are qualified (`cases.id`) because the
+/// select list's `id` is a text alias, and sorting by it would defeat the index.
+fn list_sql(shape: ListShape) -> Sql {
+    let (column, cast) = match shape.order.field {
+        SortField::CreateTime => ("created_at", "::timestamptz"),
+        SortField::UpdateTime => ("updated_at", "::timestamptz"),
+        SortField::Title => ("title", ""),
+    };
+    let (direction, compare) = if shape.order.descending {
+        ("DESC", "<")
+    } else {
+        ("ASC", ">")
+    };
+    let mut sql = format!("SELECT {COLUMNS} FROM cases WHERE user_id = $1");
+    let mut next = 1;
+    let mut param = || {
+        next += 1;
+        next
+    };
+    if !shape.show_deleted {
+        sql.push_str(" AND deleted_at IS NULL");
+    }
+    if shape.by_status {
+        sql.push_str(&format!(" AND status = ${}::case_status", param()));
+    }
+    if shape.by_type {
+        sql.push_str(&format!(" AND type = ${}::case_type", param()));
+    }
+    if shape.after_cursor {
+        let (key, id) = (param(), param());
+        sql.push_str(&format!(
+            " AND (cases.{column}, cases.id) {compare} (${key}{cast}, ${id}::uuid)"
+        ));
+    }
+    sql.push_str(&format!(
+        " ORDER BY cases.{column} {direction}, cases.id {direction} LIMIT ${}",
+        param()
+    ));
+    Sql::new(&sql)
 }
 
 impl CaseStore {
@@ -313,6 +366,7 @@ impl CaseStore {
         Ok(Self {
             db,
             sql: Statements::new(),
+            lists: Default::default(),
         })
     }
 
@@ -409,46 +463,38 @@ impl CaseStore {
         after: Option<&Cursor>,
         limit: i64,
     ) -> Result<Vec<CaseRow>, StoreError> {
-        let (column, cast) = match order.field {
-            SortField::CreateTime => ("created_at", "::timestamptz"),
-            SortField::UpdateTime => ("updated_at", "::timestamptz"),
-            SortField::Title => ("title", ""),
+        let shape = ListShape {
+            order,
+            show_deleted,
+            by_status: filter.status.is_some(),
+            by_type: filter.kind.is_some(),
+            after_cursor: after.is_some(),
         };
-        let (direction, compare) = if order.descending {
-            ("DESC", "<")
-        } else {
-            ("ASC", ">")
-        };
-        let mut sql = format!("SELECT {COLUMNS} FROM cases WHERE user_id = $1");
+        let sql = self.list_statement(shape);
         let mut args = vec![Arg::Text(owner.as_str().to_owned())];
-        let param = |args: &mut Vec<Arg>, value: Arg| {
-            args.push(value);
-            args.len()
-        };
-        if !show_deleted {
-            sql.push_str(" AND deleted_at IS NULL");
-        }
-        if let Some(status) = filter.status {
-            let n = param(&mut args, Arg::Text(status.as_str_name().to_owned()));
-            sql.push_str(&format!(" AND status = ${n}::case_status"));
-        }
-        if let Some(kind) = filter.kind {
-            let n = param(&mut args, Arg::Text(kind.as_str_name().to_owned()));
-            sql.push_str(&format!(" AND type = ${n}::case_type"));
-        }
+        args.extend(filter.status.map(|s| Arg::Text(s.as_str_name().to_owned())));
+        args.extend(filter.kind.map(|t| Arg::Text(t.as_str_name().to_owned())));
         if let Some(cursor) = after {
-            let k = param(&mut args, Arg::Text(cursor.key.clone()));
-            let i = param(&mut args, Arg::Text(cursor.id.clone()));
-            sql.push_str(&format!(
-                " AND ({column}, id) {compare} (${k}{cast}, ${i}::uuid)"
-            ));
+            args.push(Arg::Text(cursor.key.clone()));
+            args.push(Arg::Text(cursor.id.clone()));
         }
-        let n = param(&mut args, Arg::Int(limit));
-        sql.push_str(&format!(
-            " ORDER BY {column} {direction}, id {direction} LIMIT ${n}"
-        ));
-        let sql = Sql::new(&sql);
+        args.push(Arg::Int(limit));
         Ok(run!(&self.db, sql, args, query_as, fetch_all)?)
+    }
+
+    /// The list statement for `shape`, built once per shape and kept (there
+    /// are at most 96). Its parameters, in order: owner, status?, type?,
+    /// cursor key and id?, limit.
+    fn list_statement(&self, shape: ListShape) -> Arc<Sql> {
+        let mut cache = self
+            .lists
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(
+            cache
+                .entry(shape)
+                .or_insert_with(|| Arc::new(list_sql(shape))),
+        )
     }
 
     /// The shape of every write: read the row, check its state and the
@@ -579,5 +625,41 @@ impl CaseStore {
             execute,
             |done| done.rows_affected()
         )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_queries_sort_by_the_indexed_columns_and_number_parameters_in_order() {
+        let shape = ListShape {
+            order: Order {
+                field: SortField::CreateTime,
+                descending: true,
+            },
+            show_deleted: false,
+            by_status: true,
+            by_type: false,
+            after_cursor: true,
+        };
+        let sql = list_sql(shape);
+        assert!(
+            sql.postgres.ends_with(
+                " AND deleted_at IS NULL AND status = $2::case_status AND (cases.created_at, cases.id) < ($3::timestamptz, $4::uuid) ORDER BY cases.created_at DESC, cases.id DESC LIMIT $5"
+            ),
+            "{}",
+            sql.postgres
+        );
+        assert!(sql.sqlite.ends_with("(cases.created_at, cases.id) < (?3, ?4) ORDER BY cases.created_at DESC, cases.id DESC LIMIT ?5"), "{}", sql.sqlite);
+    }
+
+    #[test]
+    fn the_sqlite_dialect_drops_casts_and_numbers_parameters() {
+        assert_eq!(
+            sqlite_dialect("SELECT id::text AS id FROM t WHERE a = $1::uuid AND b = $12"),
+            "SELECT id AS id FROM t WHERE a = ?1 AND b = ?12"
+        );
     }
 }

@@ -44,11 +44,6 @@ impl AuthLayer {
         }
     }
 
-    /// The verifier the layer uses.
-    pub fn verifier(&self) -> &TokenVerifier {
-        &self.verifier
-    }
-
     fn is_public(&self, path: &str) -> bool {
         ALWAYS_PUBLIC.iter().any(|prefix| path.starts_with(prefix))
             || self.public_methods.contains(&path)

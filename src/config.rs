@@ -189,6 +189,9 @@ pub struct ServerArgs {
     /// How long in-flight calls may run after a shutdown signal.
     #[arg(long, env = "SHUTDOWN_GRACE", value_parser = duration, default_value = "10s")]
     pub shutdown_grace: Duration,
+    /// TLS on the listeners (off unless a certificate is given).
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 impl ServerArgs {

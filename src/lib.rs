@@ -7,6 +7,7 @@
 //! - [`db`]: database connections and Better Auth's user read model;
 //! - [`observe`], [`metrics`]: request ids, the concurrency limit, per-call
 //!   logs and Prometheus metrics;
+//! - [`tls`]: optional TLS on every listener;
 //! - [`config`], [`telemetry`], [`rpc_error`], [`wkt`]: settings, logs, error
 //!   details and protobuf well-known type conversions.
 
@@ -19,4 +20,5 @@ pub mod pb;
 pub mod rpc_error;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod wkt;

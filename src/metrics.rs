@@ -164,14 +164,19 @@ fn render_labels(labels: &Labels, le: Option<&str>) -> String {
     }
 }
 
-/// Serves `GET /metrics` on `addr` until the runtime stops; returns the bound address.
-pub async fn serve(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+/// Serves `GET /metrics` on `addr` (over TLS when `tls` is given) until the
+/// runtime stops; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    tls: Option<crate::tls::ServerTls>,
+) -> std::io::Result<SocketAddr> {
     use http_body_util::Full;
     use hyper::{Response, body::Bytes, server::conn::http1, service::service_fn};
     use hyper_util::rt::TokioIo;
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let tls_on = tls.is_some();
     async fn answer(
         request: hyper::Request<hyper::body::Incoming>,
     ) -> Result<Response<Full<Bytes>>, http::Error> {
@@ -187,12 +192,32 @@ pub async fn serve(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     }
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let connection =
-                http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(answer));
-            tokio::spawn(connection);
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let http = http1::Builder::new();
+                let served = match tls {
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(stream) => {
+                            http.serve_connection(TokioIo::new(stream), service_fn(answer))
+                                .await
+                        }
+                        Err(error) => {
+                            return tracing::debug!(%error, "metrics TLS handshake failed");
+                        }
+                    },
+                    None => {
+                        http.serve_connection(TokioIo::new(stream), service_fn(answer))
+                            .await
+                    }
+                };
+                if let Err(error) = served {
+                    tracing::debug!(%error, "metrics connection failed");
+                }
+            });
         }
     });
-    tracing::info!(%local, "metrics on http://{local}/metrics");
+    let scheme = if tls_on { "https" } else { "http" };
+    tracing::info!(%local, "metrics on {scheme}://{local}/metrics");
     Ok(local)
 }
 

@@ -20,7 +20,7 @@ use tonic::{
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::{auth::AuthLayer, config::ServerArgs};
+use crate::{auth::AuthLayer, config::ServerArgs, tls::ServerTls};
 
 /// Request headers a grpc-web client sends.
 const CORS_ALLOWED_HEADERS: [&str; 5] = [
@@ -96,6 +96,7 @@ pub struct GrpcServer {
     routes: RoutesBuilder,
     service_names: Vec<&'static str>,
     health: HealthReporter,
+    tls: Option<ServerTls>,
 }
 
 impl GrpcServer {
@@ -119,6 +120,7 @@ impl GrpcServer {
         routes.add_service(health_service);
         Ok(Self {
             cors_origins: options.cors_origins()?,
+            tls: options.tls.server()?,
             options: options.clone(),
             auth,
             routes,
@@ -185,12 +187,20 @@ impl GrpcServer {
         });
 
         let (stop, stopped) = oneshot::channel::<()>();
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
-            // A dropped sender means the handle is gone: stop as well.
+        // A dropped sender means the handle is gone: stop as well.
+        let stopped = async {
             let _ = stopped.await;
-        }));
-        tracing::info!(%local_addr, "listening");
+        };
+        let task = match &self.tls {
+            Some(tls) => {
+                tokio::spawn(router.serve_with_incoming_shutdown(tls.incoming(listener), stopped))
+            }
+            None => {
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+            }
+        };
+        tracing::info!(%local_addr, tls = self.tls.is_some(), "listening");
         Ok(RunningServer {
             local_addr,
             health: self.health,
@@ -294,8 +304,8 @@ pub enum Probe {
 
 /// `<service> healthcheck`: [`check_health`], reported as an exit code with
 /// the reason on stderr.
-pub async fn healthcheck(listen: SocketAddr) -> std::process::ExitCode {
-    match check_health(listen).await {
+pub async fn healthcheck(listen: SocketAddr, tls: bool) -> std::process::ExitCode {
+    match check_health(listen, tls).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(reason) => {
             eprintln!("unhealthy: {reason}");
@@ -305,8 +315,9 @@ pub async fn healthcheck(listen: SocketAddr) -> std::process::ExitCode {
 }
 
 /// Asks the service listening on `listen` (through loopback when it listens
-/// on all interfaces) for its overall health; `Ok` when SERVING.
-pub async fn check_health(listen: SocketAddr) -> Result<(), String> {
+/// on all interfaces, over TLS when `tls`) for its overall health; `Ok` when
+/// SERVING.
+pub async fn check_health(listen: SocketAddr, tls: bool) -> Result<(), String> {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let mut target = listen;
     if target.ip().is_unspecified() {
@@ -316,8 +327,18 @@ pub async fn check_health(listen: SocketAddr) -> Result<(), String> {
         });
     }
     let check = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
-            .map_err(|e| e.to_string())?
+        let scheme = if tls { "https" } else { "http" };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{target}"))
+            .map_err(|e| e.to_string())?;
+        if tls {
+            endpoint = endpoint
+                .tls_config_with_verifier(
+                    tonic::transport::ClientTlsConfig::new(),
+                    crate::tls::LoopbackProbeVerifier::new(),
+                )
+                .map_err(|e| format!("cannot set up TLS: {e}"))?;
+        }
+        let channel = endpoint
             .connect()
             .await
             .map_err(|e| format!("cannot connect to {target}: {e}"))?;
@@ -349,12 +370,12 @@ pub async fn run_binary(
     start: impl Future<Output = Result<RunningServer, StartError>>,
 ) -> std::process::ExitCode {
     if probe == Some(Probe::Healthcheck) {
-        return healthcheck(listen).await;
+        return healthcheck(listen, server.tls.enabled()).await;
     }
     crate::telemetry::init(telemetry.log_format);
     let outcome = async {
         if let Some(addr) = server.metrics_addr {
-            crate::metrics::serve(addr)
+            crate::metrics::serve(addr, server.tls.server()?)
                 .await
                 .map_err(|source| StartError::Bind { addr, source })?;
         }

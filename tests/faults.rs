@@ -272,7 +272,7 @@ async fn sigterm_under_load_drains_in_flight_calls_and_exits_in_time() {
         .spawn()
         .unwrap();
     let serving = common::eventually(Duration::from_secs(20), async || {
-        casebook::server::check_health(addr).await.is_ok()
+        casebook::server::check_health(addr, false).await.is_ok()
     })
     .await;
     assert!(serving);
@@ -324,7 +324,7 @@ async fn sigterm_under_load_drains_in_flight_calls_and_exits_in_time() {
     );
     // Health flips to NOT_SERVING before the listener goes away.
     let flipped = common::eventually(Duration::from_secs(2), async || {
-        casebook::server::check_health(addr).await.is_err()
+        casebook::server::check_health(addr, false).await.is_err()
     })
     .await;
     assert!(flipped);

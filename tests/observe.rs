@@ -75,7 +75,7 @@ async fn calls_and_rejections_are_counted_and_served_on_the_metrics_endpoint() {
         })
         .await;
 
-    let addr = casebook::metrics::serve("127.0.0.1:0".parse().unwrap())
+    let addr = casebook::metrics::serve("127.0.0.1:0".parse().unwrap(), None)
         .await
         .unwrap();
     let request = http::Request::get(format!("http://{addr}/metrics"))

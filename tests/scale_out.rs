@@ -70,7 +70,7 @@ fn spawn(bin: &Path, name: &str, env: &[(&str, String)]) -> Process {
 
 async fn until_serving(addr: SocketAddr) {
     let serving = common::eventually(Duration::from_secs(20), async || {
-        casebook::server::check_health(addr).await.is_ok()
+        casebook::server::check_health(addr, false).await.is_ok()
     })
     .await;
     assert!(serving, "{addr} never became SERVING");

@@ -150,7 +150,7 @@ impl System {
 
 async fn wait_serving(addr: SocketAddr) -> anyhow::Result<()> {
     for _ in 0..200 {
-        if casebook::server::check_health(addr).await.is_ok() {
+        if casebook::server::check_health(addr, false).await.is_ok() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

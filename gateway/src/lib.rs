@@ -18,7 +18,7 @@ use casebook::{
 use clap::Parser;
 use forward::{AuthRoute, CaseRoute, Forward, Limits};
 use tonic_health::ServingStatus;
-use upstream::Upstream;
+use upstream::{Upstream, UpstreamRoots};
 
 /// The gateway's settings.
 #[derive(Parser, Clone, Debug)]
@@ -32,7 +32,7 @@ pub struct Config {
     /// Address to listen on for grpc-web and gRPC.
     #[arg(long, env = "GATEWAY_ADDR", default_value = "127.0.0.1:8080")]
     pub listen_addr: SocketAddr,
-    /// auth-svc replicas: comma-separated URLs, or a DNS name resolving to several.
+    /// auth-svc replicas: comma-separated http:// or https:// URLs, or a DNS name resolving to several.
     #[arg(
         long,
         env = "AUTH_SVC_URL",
@@ -40,7 +40,7 @@ pub struct Config {
         default_value = "http://127.0.0.1:50051"
     )]
     pub auth_svc_url: Vec<String>,
-    /// case-svc replicas: comma-separated URLs, or a DNS name resolving to several.
+    /// case-svc replicas: comma-separated http:// or https:// URLs, or a DNS name resolving to several.
     #[arg(
         long,
         env = "CASE_SVC_URL",
@@ -48,6 +48,9 @@ pub struct Config {
         default_value = "http://127.0.0.1:50052"
     )]
     pub case_svc_url: Vec<String>,
+    /// PEM bundle of the CAs trusted for https:// upstreams [default: the system's roots].
+    #[arg(long, env = "UPSTREAM_TLS_CA_FILE")]
+    pub upstream_tls_ca_file: Option<std::path::PathBuf>,
     /// Ceiling on any call's deadline (calls without one get this).
     #[arg(long, env = "GATEWAY_MAX_CALL_TIMEOUT", value_parser = duration, default_value = "30s")]
     pub max_call_timeout: Duration,
@@ -81,16 +84,27 @@ pub async fn build(config: Config) -> Result<Gateway, StartError> {
     let invalid = |e: upstream::InvalidUpstream| {
         StartError::Config(casebook::config::ConfigError(e.to_string()))
     };
+    let roots = match &config.upstream_tls_ca_file {
+        None => UpstreamRoots::System,
+        Some(path) => UpstreamRoots::Bundle(std::fs::read(path).map_err(|e| {
+            StartError::Config(casebook::config::ConfigError(format!(
+                "cannot read UPSTREAM_TLS_CA_FILE {}: {e}",
+                path.display()
+            )))
+        })?),
+    };
     let auth = Upstream::new(
         <AuthRoute as forward::Route>::NAME,
         "AUTH_SVC_URL",
         &config.auth_svc_url,
+        &roots,
     )
     .map_err(invalid)?;
     let cases = Upstream::new(
         <CaseRoute as forward::Route>::NAME,
         "CASE_SVC_URL",
         &config.case_svc_url,
+        &roots,
     )
     .map_err(invalid)?;
     let listener = server::bind(config.listen_addr).await?;

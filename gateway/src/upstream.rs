@@ -8,6 +8,11 @@
 //! periodically, so a DNS name with several addresses (a Kubernetes headless
 //! Service) tracks the replicas as they come and go.
 //!
+//! Upstreams named `https://` are called over TLS: the certificate must be
+//! valid for the URL's host (kept as the TLS server name even though the
+//! connection goes to a resolved address) and signed by
+//! `UPSTREAM_TLS_CA_FILE`'s CAs, or by the system's roots when that is unset.
+//!
 //! A call whose connection is refused (the replica is gone) or whose stream
 //! is refused (it is draining) never reached a handler, so it is retried on
 //! another replica; every other failure is returned as is, because retrying it
@@ -25,7 +30,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Uri, uri::Scheme};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -67,21 +72,51 @@ impl Replica {
     }
 }
 
+/// One configured URL: a host to resolve, and how to talk to what it resolves to.
+struct Target {
+    host: String,
+    port: u16,
+    /// Set for `https://` URLs: the CAs to trust, with the host as server name.
+    tls: Option<ClientTlsConfig>,
+}
+
+/// The roots `https://` upstreams are checked against.
+#[derive(Clone, Debug, Default)]
+pub enum UpstreamRoots {
+    /// The operating system's trust store.
+    #[default]
+    System,
+    /// The CAs in a PEM bundle (`UPSTREAM_TLS_CA_FILE`), and only those.
+    Bundle(Vec<u8>),
+}
+
+impl UpstreamRoots {
+    fn client_config(&self, host: &str) -> ClientTlsConfig {
+        let config = ClientTlsConfig::new().domain_name(host);
+        match self {
+            Self::System => config.with_native_roots(),
+            Self::Bundle(pem) => config.ca_certificate(Certificate::from_pem(pem)),
+        }
+    }
+}
+
 /// The replicas of one upstream service.
 pub struct Upstream {
     service: &'static str,
-    targets: Vec<(String, u16, Scheme)>,
+    targets: Vec<Target>,
     replicas: ArcSwap<Vec<Arc<Replica>>>,
     next: AtomicUsize,
 }
 
 impl Upstream {
-    /// An upstream for `service` at `urls` (each `http://host:port`); `setting`
+    /// An upstream for `service` at `urls` (each `http://host:port` or
+    /// `https://host:port`, the latter checked against `roots`); `setting`
     /// names the configuration variable in errors.
     pub fn new(
         service: &'static str,
         setting: &'static str,
         urls: &[String],
+        roots: &UpstreamRoots,
     ) -> Result<Arc<Self>, InvalidUpstream> {
         let invalid = |url: &str, reason: &str| InvalidUpstream {
             setting,
@@ -91,16 +126,30 @@ impl Upstream {
         let mut targets = Vec::new();
         for url in urls.iter().map(|u| u.trim()).filter(|u| !u.is_empty()) {
             let uri: Uri = url.parse().map_err(|_| invalid(url, "not a URL"))?;
-            let scheme = uri
-                .scheme()
-                .cloned()
-                .ok_or_else(|| invalid(url, "needs http://"))?;
-            if scheme != Scheme::HTTP {
-                return Err(invalid(url, "only http:// upstreams are supported"));
+            let secure = match uri.scheme() {
+                Some(scheme) if *scheme == Scheme::HTTP => false,
+                Some(scheme) if *scheme == Scheme::HTTPS => true,
+                _ => return Err(invalid(url, "needs http:// or https://")),
+            };
+            let host = uri
+                .host()
+                .ok_or_else(|| invalid(url, "needs a host"))?
+                .trim_matches(['[', ']'])
+                .to_owned();
+            let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+            let tls = secure.then(|| roots.client_config(&host));
+            if let Some(tls) = &tls {
+                // Builds the connector once now, so unreadable CAs or a host
+                // that is no TLS server name fail at start, not per call.
+                Endpoint::from_shared(format!(
+                    "https://{}",
+                    uri.authority().map_or(host.as_str(), |a| a.as_str())
+                ))
+                .map_err(|e| invalid(url, &e.to_string()))?
+                .tls_config(tls.clone())
+                .map_err(|e| invalid(url, &format!("TLS: {}", error_chain(&e))))?;
             }
-            let host = uri.host().ok_or_else(|| invalid(url, "needs a host"))?;
-            let port = uri.port_u16().unwrap_or(80);
-            targets.push((host.trim_matches(['[', ']']).to_owned(), port, scheme));
+            targets.push(Target { host, port, tls });
         }
         if targets.is_empty() {
             return Err(invalid("", "at least one upstream URL is required"));
@@ -159,25 +208,27 @@ impl Upstream {
     }
 
     async fn refresh(&self) {
-        let mut addrs = Vec::new();
-        for (host, port, _) in &self.targets {
-            match tokio::net::lookup_host((host.as_str(), *port)).await {
-                Ok(found) => addrs.extend(found),
+        let mut resolved: Vec<(SocketAddr, &Target)> = Vec::new();
+        for target in &self.targets {
+            let host = target.host.as_str();
+            match tokio::net::lookup_host((host, target.port)).await {
+                Ok(found) => resolved.extend(found.map(|addr| (addr, target))),
                 Err(error) => {
                     tracing::warn!(service = self.service, %host, %error, "cannot resolve upstream")
                 }
             }
         }
-        addrs.sort();
-        addrs.dedup();
+        resolved.sort_by_key(|(addr, _)| *addr);
+        resolved.dedup_by_key(|(addr, _)| *addr);
+        let addrs: Vec<SocketAddr> = resolved.iter().map(|(addr, _)| *addr).collect();
         let current = self.replicas.load_full();
         let known: HashMap<SocketAddr, &Arc<Replica>> =
             current.iter().map(|r| (r.addr, r)).collect();
-        let replicas: Vec<Arc<Replica>> = addrs
+        let replicas: Vec<Arc<Replica>> = resolved
             .iter()
-            .map(|addr| match known.get(addr) {
-                Some(existing) => Arc::clone(existing),
-                None => Arc::new(connect(*addr)),
+            .filter_map(|(addr, target)| match known.get(addr) {
+                Some(existing) => Some(Arc::clone(existing)),
+                None => connect(*addr, target.tls.as_ref()).map(Arc::new),
             })
             .collect();
         if replicas
@@ -195,20 +246,46 @@ impl Upstream {
     }
 }
 
-fn connect(addr: SocketAddr) -> Replica {
+/// A lazily connected replica at `addr`; `None` (logged) if its TLS settings,
+/// already checked at start, are somehow refused.
+fn connect(addr: SocketAddr, tls: Option<&ClientTlsConfig>) -> Option<Replica> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
     // A socket address always forms a valid URI.
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap_or_else(|_| Endpoint::from_static("http://127.0.0.1:1"))
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .unwrap_or_else(|_| Endpoint::from_static("http://127.0.0.1:1"));
+    if let Some(tls) = tls {
+        endpoint = match endpoint.tls_config(tls.clone()) {
+            Ok(endpoint) => endpoint,
+            Err(error) => {
+                tracing::error!(%addr, error = %error_chain(&error), "cannot set up TLS to upstream");
+                return None;
+            }
+        };
+    }
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_while_idle(true);
-    Replica {
+    Some(Replica {
         addr,
         channel: endpoint.connect_lazy(),
         serving: AtomicBool::new(false),
         calls: AtomicU64::new(0),
+    })
+}
+
+/// An error with its causes, for messages (tonic's own `Display` says only
+/// "transport error").
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
     }
+    text
 }
 
 async fn check_health(replica: &Replica, service: &str) -> bool {

@@ -187,7 +187,7 @@ impl Stack {
         .await?;
         let token = issuer.mint(&demo, args.token_lifetime);
         let metrics = match args.metrics_addr {
-            Some(addr) => Some(casebook::metrics::serve(addr).await?),
+            Some(addr) => Some(casebook::metrics::serve(addr, None).await?),
             None => None,
         };
         Ok(Self {

@@ -610,6 +610,25 @@ pub async fn http1(request: http::Request<Full<Bytes>>) -> (http::response::Part
     (parts, body.collect().await.unwrap().to_bytes())
 }
 
+/// Sends one HTTP/1.1 request over TLS, trusting only `ca_pem`.
+pub async fn https1(
+    request: http::Request<Full<Bytes>>,
+    ca_pem: &[u8],
+) -> (http::response::Parts, Bytes) {
+    use http_body_util::BodyExt;
+    let client = reqwest::Client::builder()
+        .http1_only()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem).unwrap()])
+        .build()
+        .unwrap();
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    let request = reqwest::Request::try_from(http::Request::from_parts(parts, body)).unwrap();
+    let response = http::Response::from(client.execute(request).await.unwrap());
+    let (parts, body) = response.into_parts();
+    (parts, body.collect().await.unwrap().to_bytes())
+}
+
 /// A unary grpc-web call over HTTP/1.1, binary or text (base64) encoded.
 pub async fn grpc_web(
     addr: SocketAddr,
@@ -618,6 +637,29 @@ pub async fn grpc_web(
     headers: &[(&str, &str)],
     text: bool,
 ) -> GrpcWebReply {
+    let request = grpc_web_request(&format!("http://{addr}{path}"), message, headers, text);
+    let (parts, body) = http1(request).await;
+    decode_grpc_web(parts, body, text)
+}
+
+/// A unary binary grpc-web call over HTTP/1.1 and TLS, trusting only `ca_pem`.
+pub async fn grpc_web_tls(
+    url: &str,
+    ca_pem: &[u8],
+    message: &impl prost::Message,
+    headers: &[(&str, &str)],
+) -> GrpcWebReply {
+    let request = grpc_web_request(url, message, headers, false);
+    let (parts, body) = https1(request, ca_pem).await;
+    decode_grpc_web(parts, body, false)
+}
+
+fn grpc_web_request(
+    url: &str,
+    message: &impl prost::Message,
+    headers: &[(&str, &str)],
+    text: bool,
+) -> http::Request<Full<Bytes>> {
     use base64::{Engine, engine::general_purpose::STANDARD};
     let payload = message.encode_to_vec();
     let mut frame = vec![0u8];
@@ -631,14 +673,18 @@ pub async fn grpc_web(
     } else {
         ("application/grpc-web+proto", frame)
     };
-    let mut request = http::Request::post(format!("http://{addr}{path}"))
+    let mut request = http::Request::post(url)
         .header("content-type", content_type)
         .header("accept", content_type)
         .header("x-grpc-web", "1");
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let (parts, body) = http1(request.body(Full::new(Bytes::from(body))).unwrap()).await;
+    request.body(Full::new(Bytes::from(body))).unwrap()
+}
+
+fn decode_grpc_web(parts: http::response::Parts, body: Bytes, text: bool) -> GrpcWebReply {
+    use base64::{Engine, engine::general_purpose::STANDARD};
     let text_reply = parts.headers.get("content-type").is_some_and(|t| {
         t.to_str()
             .unwrap_or("")
@@ -748,5 +794,66 @@ impl GatewayStack {
 
     pub fn addr(&self) -> SocketAddr {
         self.gateway.local_addr()
+    }
+}
+
+/// A private CA and a server certificate it signed for `localhost` and
+/// `127.0.0.1`, written to PEM files in a temporary directory.
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+    pub ca_pem: Vec<u8>,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), &ca_pem).unwrap();
+        std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
+        Self {
+            dir,
+            ca_pem: ca_pem.into_bytes(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// Flags that turn TLS on with the server certificate.
+    pub fn server_flags(&self) -> Vec<String> {
+        vec![
+            "--tls-cert-file".into(),
+            self.path("server.pem"),
+            "--tls-key-file".into(),
+            self.path("server.key"),
+        ]
+    }
+
+    /// A channel to `addr` over TLS, checking the certificate against this CA.
+    pub async fn channel(&self, addr: SocketAddr) -> Channel {
+        use tonic::transport::{Certificate, ClientTlsConfig};
+        Channel::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&self.ca_pem))
+                    .domain_name("localhost"),
+            )
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 }

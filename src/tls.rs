@@ -1,0 +1,222 @@
+//! Optional TLS for every listener, and the one client that cannot check it.
+//!
+//! Plaintext is the local default; `TLS_CERT_FILE` and `TLS_KEY_FILE` turn
+//! TLS on for the gRPC/grpc-web listener and the metrics listener alike. The
+//! handshake is done here rather than by tonic so the listener can offer both
+//! `h2` and `http/1.1` in ALPN: tonic's own acceptor offers only `h2`, which
+//! would refuse grpc-web clients and proxies that speak HTTP/1.1.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use clap::Args;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{
+    TlsAcceptor,
+    rustls::{
+        self, DigitallySignedStruct, ServerConfig, SignatureScheme,
+        client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+        crypto::CryptoProvider,
+        pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
+    },
+    server::TlsStream,
+};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::config::ConfigError;
+
+/// How long a client may take to complete its handshake before the
+/// connection is dropped, so idle sockets cannot pin handshake tasks.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections accepted but not yet taken by the server.
+const ACCEPT_BACKLOG: usize = 64;
+
+/// The listener's certificate, when TLS is wanted.
+#[derive(Args, Clone, Debug, Default)]
+pub struct TlsArgs {
+    /// PEM certificate chain (leaf first) served on every listener; with
+    /// TLS_KEY_FILE turns TLS on (unset: plaintext).
+    #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of TLS_CERT_FILE.
+    #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// Whether TLS is configured.
+    pub fn enabled(&self) -> bool {
+        self.tls_cert_file.is_some()
+    }
+
+    /// Loads the certificate and key, or `None` for plaintext. Every problem
+    /// (missing file, not PEM, key not matching) is reported at start.
+    pub fn server(&self) -> Result<Option<ServerTls>, ConfigError> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => ServerTls::from_files(cert, key).map(Some),
+            _ => Err(ConfigError(
+                "TLS_CERT_FILE and TLS_KEY_FILE must be set together".into(),
+            )),
+        }
+    }
+}
+
+/// A loaded certificate, ready to terminate TLS.
+#[derive(Clone)]
+pub struct ServerTls {
+    acceptor: TlsAcceptor,
+}
+
+impl ServerTls {
+    /// Reads a PEM certificate chain and its private key.
+    pub fn from_files(cert_file: &Path, key_file: &Path) -> Result<Self, ConfigError> {
+        let read = |setting: &str, path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| ConfigError(format!("cannot read {setting} {}: {e}", path.display())))
+        };
+        let chain = CertificateDer::pem_slice_iter(&read("TLS_CERT_FILE", cert_file)?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError(format!("TLS_CERT_FILE is not a PEM certificate: {e}")))?;
+        if chain.is_empty() {
+            return Err(ConfigError(format!(
+                "TLS_CERT_FILE {} holds no certificate",
+                cert_file.display()
+            )));
+        }
+        let key = PrivateKeyDer::from_pem_slice(&read("TLS_KEY_FILE", key_file)?)
+            .map_err(|e| ConfigError(format!("TLS_KEY_FILE is not a PEM private key: {e}")))?;
+        let mut config = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| {
+                ConfigError(format!(
+                    "TLS_CERT_FILE and TLS_KEY_FILE do not form a usable identity: {e}"
+                ))
+            })?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Self {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+        })
+    }
+
+    /// The TLS connections arriving on `listener`. Handshakes run
+    /// concurrently, so one slow client delays nobody else; a failed or
+    /// timed-out handshake drops only that connection. Accepting stops when
+    /// the stream is dropped.
+    pub fn incoming(
+        &self,
+        listener: TcpListener,
+    ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+        let (ready, stream) = tokio::sync::mpsc::channel(ACCEPT_BACKLOG);
+        let acceptor = self.acceptor.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = ready.closed() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let (socket, peer) = match accepted {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        // Per-connection errors (reset before accept, out of
+                        // descriptors) must not stop the listener.
+                        tracing::debug!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = socket.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let ready = ready.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = ready.send(Ok(stream)).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        ReceiverStream::new(stream)
+    }
+
+    /// Completes the handshake of one accepted connection.
+    pub async fn accept(&self, socket: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(socket))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+            })?
+    }
+}
+
+/// A certificate verifier for the `healthcheck` probe alone. The probe runs
+/// next to the server (same container or pod) and dials it over loopback to
+/// ask whether it is SERVING; the certificate names the service's public
+/// name, not `127.0.0.1`, and may be signed by a CA the container does not
+/// carry. So the probe checks that the server holds the key of the
+/// certificate it presents (the handshake signature) but not who issued it:
+/// it asks for liveness, it sends nothing secret.
+#[derive(Debug)]
+pub struct LoopbackProbeVerifier(Arc<CryptoProvider>);
+
+impl LoopbackProbeVerifier {
+    /// A verifier using rustls's process-default crypto (aws-lc-rs).
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self(
+            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+        ))
+    }
+}
+
+impl ServerCertVerifier for LoopbackProbeVerifier {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -1,12 +1,17 @@
 //! What operators see: request ids, per-call metrics, the metrics endpoint,
-//! and fast rejection beyond the concurrency limit.
+//! database pool gauges, and fast rejection beyond the concurrency limit.
 
 mod common;
 
 use std::time::Duration;
 
-use casebook::pb::casebook::auth::v1::{VerifyTokenRequest, WhoAmIRequest};
-use common::{AuthSvc, Behaviour, GatewayStack, assert_reason, bearer, claims, http1};
+use casebook::pb::casebook::{
+    auth::v1::{VerifyTokenRequest, WhoAmIRequest},
+    cases::v1::{Case, CreateCaseRequest, ListCasesRequest, case::Type},
+};
+use common::{
+    AuthSvc, Behaviour, CaseSvc, GatewayStack, assert_reason, bearer, claims, eventually, http1,
+};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use tonic::Code;
@@ -95,6 +100,91 @@ async fn calls_and_rejections_are_counted_and_served_on_the_metrics_endpoint() {
     ] {
         assert!(text.contains(expected), "missing {expected} in:\n{text}");
     }
+}
+
+/// The value of the pool gauge `name{labels}` of the database at `url`.
+fn pool_gauge(name: &str, url: &str, state: Option<&str>) -> Option<f64> {
+    let database = casebook::db::redact(url);
+    let state = state.map_or(String::new(), |s| format!(r#",state="{s}""#));
+    let prefix = format!(r#"{name}{{service="case-svc",database="{database}"{state}}} "#);
+    casebook::metrics::global()
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix)?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_gauges_show_connections_in_use_and_calls_waiting_for_one() {
+    let app = CaseSvc::start(&[
+        "--database-max-connections",
+        "1",
+        "--database-acquire-timeout",
+        "30s",
+    ])
+    .await;
+    let token = app.env.user("pat").await;
+    let url = app.env.db.url().to_owned();
+    let gauge = |name: &'static str, state: Option<&'static str>| pool_gauge(name, &url, state);
+    assert_eq!(gauge("casebook_db_pool_max_connections", None), Some(1.0));
+    assert_eq!(gauge("casebook_db_pool_waiting", None), Some(0.0));
+
+    let lock = app.env.db.block_case_writes().await;
+    // The write takes the only connection and waits on the lock...
+    let mut writer = app.client().await;
+    let write = tokio::spawn(async move {
+        let case = Case {
+            title: "queued".into(),
+            r#type: Type::Incident as i32,
+            ..Case::default()
+        };
+        let request = bearer(
+            CreateCaseRequest {
+                case: Some(case),
+                ..Default::default()
+            },
+            &token,
+        );
+        writer.create_case(request).await
+    });
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            gauge("casebook_db_pool_connections", Some("in_use")) == Some(1.0)
+        })
+        .await,
+        "the blocked write holds the connection"
+    );
+    // ...so a read has to wait for it, and is counted while it does.
+    let token = app.env.issuer.token("pat");
+    let mut reader = app.client().await;
+    let read = tokio::spawn(async move {
+        reader
+            .list_cases(bearer(ListCasesRequest::default(), &token))
+            .await
+    });
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            gauge("casebook_db_pool_waiting", None) == Some(1.0)
+        })
+        .await,
+        "the read waits for a connection"
+    );
+
+    lock.release().await;
+    write
+        .await
+        .unwrap()
+        .expect("the write completes once the lock is gone");
+    let listed = read
+        .await
+        .unwrap()
+        .expect("the read gets the connection")
+        .into_inner();
+    assert_eq!(listed.cases.len(), 1);
+    assert_eq!(gauge("casebook_db_pool_waiting", None), Some(0.0));
+    assert_eq!(
+        gauge("casebook_db_pool_connections", Some("in_use")),
+        Some(0.0)
+    );
 }
 
 #[tokio::test]

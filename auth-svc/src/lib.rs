@@ -48,7 +48,8 @@ pub struct Config {
 /// Health turns SERVING once the first key set is loaded.
 pub async fn build(config: Config) -> Result<RunningServer, StartError> {
     let verifier = config.service.auth.verifier()?;
-    let users = UserDirectory::open(Database::connect(&config.service.database).await?).await?;
+    let users =
+        UserDirectory::open(Database::connect(&config.service.database, "auth-svc").await?).await?;
     let listener = server::bind(config.listen_addr).await?;
     verifier.keys().start();
     let keys = verifier.keys().clone();

@@ -10,7 +10,7 @@ use std::{
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use casebook::{
     auth::{Algorithm, issuer::SigningKey, jwk::KeySet},
-    db::Database,
+    db::{Database, Pool},
 };
 
 use crate::{load::Fixture, stats::Recorder};
@@ -26,7 +26,7 @@ pub async fn database(
     concurrency: usize,
     duration: Duration,
 ) -> anyhow::Result<(Recorder, Duration)> {
-    let Database::Postgres(pool) = db else {
+    let Pool::Postgres(pool) = db.pool() else {
         anyhow::bail!("the database baseline is defined for PostgreSQL");
     };
     let started = Instant::now();

@@ -103,7 +103,7 @@ impl System {
         let issuer =
             DevIssuer::start(key, "127.0.0.1:0".parse()?, None, Exposure::LoopbackOnly).await?;
         let args = DatabaseOnly::try_parse_from(["bench", "--database-url", options.database_url])?;
-        let db = Database::connect(&args.database).await?;
+        let db = Database::connect(&args.database, "casebook-bench").await?;
         better_auth::ensure_schema(&db).await?;
         let mut tokens = Vec::new();
         for i in 0..options.users {

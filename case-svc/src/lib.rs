@@ -54,7 +54,7 @@ pub struct Config {
 /// Refuses to start (one line saying so) if Better Auth's tables are missing.
 pub async fn build(config: Config) -> Result<RunningServer, StartError> {
     let verifier = config.service.auth.verifier()?;
-    let db = Database::connect(&config.service.database).await?;
+    let db = Database::connect(&config.service.database, "case-svc").await?;
     let store = store::CaseStore::open(db).await.map_err(|e| match e {
         store::OpenError::Schema(schema) => StartError::Schema(schema),
         other => StartError::Storage(Box::new(other)),

@@ -90,16 +90,7 @@ fn store_error(error: StoreError) -> RpcStatus {
         ),
         StoreError::Database(error) => {
             tracing::error!(%error, "case store failed");
-            // Connection-level failures (SQLSTATE class 08) and an operator
-            // shutting the server down (class 57) are outages, not bugs.
-            let outage = match &error {
-                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
-                sqlx::Error::Database(db) => db
-                    .code()
-                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
-                _ => false,
-            };
-            if outage {
+            if casebook::db::is_transient(&error) {
                 rpc_error::with_reason(
                     Code::Unavailable,
                     "DATABASE_UNAVAILABLE",

@@ -10,7 +10,10 @@ use std::{sync::Arc, time::Duration};
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::{Engine, engine::general_purpose::STANDARD};
-use casebook::{auth::UserId, db::Database};
+use casebook::{
+    auth::UserId,
+    db::{Connection, Database, Pool},
+};
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::AssertSqlSafe;
 
@@ -202,19 +205,20 @@ macro_rules! bind_all {
 /// query builders are typed by database.
 macro_rules! run {
     ($db:expr, $sql:expr, $args:expr, $kind:ident, $finish:ident $(, $map:expr)?) => {
-        match $db {
-            Database::Postgres(pool) => {
+        match $db.acquire().await {
+            Ok(Connection::Postgres(mut connection)) => {
                 bind_all!(sqlx::$kind(AssertSqlSafe(Arc::clone(&$sql.postgres))), $args)
-                    .$finish(pool)
+                    .$finish(&mut *connection)
                     .await
                     $(.map($map))?
             }
-            Database::Sqlite(pool) => {
+            Ok(Connection::Sqlite(mut connection)) => {
                 bind_all!(sqlx::$kind(AssertSqlSafe(Arc::clone(&$sql.sqlite))), $args)
-                    .$finish(pool)
+                    .$finish(&mut *connection)
                     .await
                     $(.map($map))?
             }
+            Err(error) => Err(error),
         }
     };
 }
@@ -355,9 +359,9 @@ impl CaseStore {
     /// everything applied.
     pub async fn open(db: Database) -> Result<Self, OpenError> {
         casebook::db::users::UserDirectory::open(db.clone()).await?;
-        match &db {
-            Database::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
-            Database::Sqlite(pool) => {
+        match db.pool() {
+            Pool::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+            Pool::Sqlite(pool) => {
                 if SQLITE_MIGRATIONS.run(pool).await.is_err() {
                     SQLITE_MIGRATIONS.run(pool).await?;
                 }

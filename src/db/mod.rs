@@ -1,28 +1,87 @@
 //! Database connections: PostgreSQL in production, SQLite embedded by default.
 //!
 //! The two back ends differ in SQL dialect, so stores hold a [`Database`] and
-//! match on it where the SQL differs, instead of hiding both behind sqlx's
-//! `Any` driver (which loses the type mappings we rely on).
+//! match on its [`Pool`] or [`Connection`] where the SQL differs, instead of
+//! hiding both behind sqlx's `Any` driver (which loses the type mappings we
+//! rely on). Request paths take connections through [`Database::acquire`],
+//! which counts the calls waiting for one: sqlx's pool does not expose that,
+//! and it is the first sign that `DATABASE_MAX_CONNECTIONS` is too small.
 
 pub mod users;
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{
+    path::Path,
+    str::FromStr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use sqlx::{
-    PgPool, SqlitePool,
+    PgPool, Postgres, Sqlite, SqlitePool,
+    pool::PoolConnection,
     postgres::PgPoolOptions,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions},
 };
 
 use crate::config::DatabaseArgs;
 
-/// A connection pool to one of the supported databases.
+/// A connection pool to one of the supported databases, with its metrics.
 #[derive(Clone, Debug)]
-pub enum Database {
+pub struct Database(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    pool: Pool,
+    waiting: AtomicUsize,
+}
+
+/// The pool of one of the supported databases.
+#[derive(Clone, Debug)]
+pub enum Pool {
     /// PostgreSQL (production).
     Postgres(PgPool),
     /// SQLite (embedded default, one file).
     Sqlite(SqlitePool),
+}
+
+/// A connection taken from a [`Database`], returned to it when dropped.
+pub enum Connection {
+    /// PostgreSQL.
+    Postgres(PoolConnection<Postgres>),
+    /// SQLite.
+    Sqlite(PoolConnection<Sqlite>),
+}
+
+/// What a pool holds at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Open connections, idle or in use.
+    pub size: u32,
+    /// Open connections nobody is using.
+    pub idle: usize,
+    /// Callers waiting in [`Database::acquire`] for a connection.
+    pub waiting: usize,
+    /// The most connections the pool opens.
+    pub max: u32,
+}
+
+/// Decrements the waiting count however the acquire ends (even cancelled).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Why the database could not be opened.
@@ -40,9 +99,20 @@ pub enum ConnectError {
 }
 
 impl Database {
-    /// Opens a pool for `args.database_url`. A SQLite file (and its directory)
-    /// is created if missing, in WAL mode so readers do not block the writer.
-    pub async fn connect(args: &DatabaseArgs) -> Result<Self, ConnectError> {
+    /// Opens a pool for `args.database_url`, reported in metrics as `service`'s.
+    /// A SQLite file (and its directory) is created if missing, in WAL mode so
+    /// readers do not block the writer.
+    pub async fn connect(args: &DatabaseArgs, service: &'static str) -> Result<Self, ConnectError> {
+        let pool = Self::open_pool(args).await?;
+        let db = Self(Arc::new(Shared {
+            pool,
+            waiting: AtomicUsize::new(0),
+        }));
+        db.report_metrics(service, redact(&args.database_url));
+        Ok(db)
+    }
+
+    async fn open_pool(args: &DatabaseArgs) -> Result<Pool, ConnectError> {
         let url = args.database_url.as_str();
         let acquire_timeout = args.database_acquire_timeout;
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -51,7 +121,7 @@ impl Database {
                 .acquire_timeout(acquire_timeout)
                 .connect(url)
                 .await?;
-            return Ok(Self::Postgres(pool));
+            return Ok(Pool::Postgres(pool));
         }
         if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?
@@ -83,37 +153,127 @@ impl Database {
                     other => break other?,
                 }
             };
-            return Ok(Self::Sqlite(pool));
+            return Ok(Pool::Sqlite(pool));
         }
         Err(ConnectError::UnsupportedUrl(redact(url)))
     }
 
+    /// Serves the pool's [`PoolStats`] as gauges labelled with `service` and
+    /// the (password-free) database URL, for as long as the pool lives.
+    fn report_metrics(&self, service: &'static str, database: String) {
+        // Weak, so the pool closes when its last user drops it.
+        let watched = Arc::downgrade(&self.0);
+        crate::metrics::global().register(move |gauges| {
+            let Some(shared) = watched.upgrade() else {
+                return;
+            };
+            let db = Database(shared);
+            if db.is_closed() {
+                return;
+            }
+            let stats = db.stats();
+            let labels = |state: Option<&'static str>| {
+                let mut labels = vec![
+                    ("service", service.to_owned()),
+                    ("database", database.clone()),
+                ];
+                labels.extend(state.map(|state| ("state", state.to_owned())));
+                labels
+            };
+            let in_use = (stats.size as usize).saturating_sub(stats.idle);
+            gauges.push((
+                "casebook_db_pool_connections".into(),
+                labels(Some("idle")),
+                stats.idle as f64,
+            ));
+            gauges.push((
+                "casebook_db_pool_connections".into(),
+                labels(Some("in_use")),
+                in_use as f64,
+            ));
+            gauges.push((
+                "casebook_db_pool_max_connections".into(),
+                labels(None),
+                f64::from(stats.max),
+            ));
+            gauges.push((
+                "casebook_db_pool_waiting".into(),
+                labels(None),
+                stats.waiting as f64,
+            ));
+        });
+    }
+
+    /// The pool, for work outside request paths (migrations, schema checks).
+    pub fn pool(&self) -> &Pool {
+        &self.0.pool
+    }
+
+    /// Takes a connection, counted as waiting until it has one. Fails after
+    /// `DATABASE_ACQUIRE_TIMEOUT` with [`sqlx::Error::PoolTimedOut`].
+    pub async fn acquire(&self) -> Result<Connection, sqlx::Error> {
+        let _waiting = Waiting::enter(&self.0.waiting);
+        Ok(match &self.0.pool {
+            Pool::Postgres(pool) => Connection::Postgres(pool.acquire().await?),
+            Pool::Sqlite(pool) => Connection::Sqlite(pool.acquire().await?),
+        })
+    }
+
+    /// What the pool holds now.
+    pub fn stats(&self) -> PoolStats {
+        let (size, idle, max) = match &self.0.pool {
+            Pool::Postgres(pool) => (
+                pool.size(),
+                pool.num_idle(),
+                pool.options().get_max_connections(),
+            ),
+            Pool::Sqlite(pool) => (
+                pool.size(),
+                pool.num_idle(),
+                pool.options().get_max_connections(),
+            ),
+        };
+        PoolStats {
+            size,
+            idle,
+            waiting: self.0.waiting.load(Ordering::Relaxed),
+            max,
+        }
+    }
+
     /// `"postgres"` or `"sqlite"`, for logs.
     pub fn backend(&self) -> &'static str {
-        match self {
-            Self::Postgres(_) => "postgres",
-            Self::Sqlite(_) => "sqlite",
+        match self.0.pool {
+            Pool::Postgres(_) => "postgres",
+            Pool::Sqlite(_) => "sqlite",
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match &self.0.pool {
+            Pool::Postgres(pool) => pool.is_closed(),
+            Pool::Sqlite(pool) => pool.is_closed(),
         }
     }
 
     /// Closes every pooled connection.
     pub async fn close(&self) {
-        match self {
-            Self::Postgres(pool) => pool.close().await,
-            Self::Sqlite(pool) => pool.close().await,
+        match &self.0.pool {
+            Pool::Postgres(pool) => pool.close().await,
+            Pool::Sqlite(pool) => pool.close().await,
         }
     }
 
     /// Whether `table` exists (in the search path, on PostgreSQL).
     pub async fn has_table(&self, table: &str) -> Result<bool, sqlx::Error> {
-        match self {
-            Self::Postgres(pool) => {
+        match &self.0.pool {
+            Pool::Postgres(pool) => {
                 sqlx::query_scalar("SELECT to_regclass(quote_ident($1)) IS NOT NULL")
                     .bind(table)
                     .fetch_one(pool)
                     .await
             }
-            Self::Sqlite(pool) => sqlx::query_scalar(
+            Pool::Sqlite(pool) => sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1)",
             )
             .bind(table)
@@ -123,12 +283,93 @@ impl Database {
     }
 }
 
-/// A URL with any password removed, safe to print.
-fn redact(url: &str) -> String {
+/// Whether `error` is the database being unreachable or too busy right now
+/// (the caller should get UNAVAILABLE and retry) rather than a bug: no
+/// connection within the acquire timeout, a broken connection, PostgreSQL's
+/// connection failures (SQLSTATE class 08), operator shutdown (class 57) or
+/// lock timeout (55P03), SQLite's BUSY or LOCKED after its busy timeout.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| match db
+            .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+        {
+            // SQLite reports its primary result code, possibly extended (e.g. 517 = BUSY_SNAPSHOT).
+            Some(_) => code
+                .parse::<i32>()
+                .is_ok_and(|code| matches!(code & 0xff, 5 | 6)),
+            None => code.starts_with("08") || code.starts_with("57") || code == "55P03",
+        }),
+        _ => false,
+    }
+}
+
+/// A URL with its credentials removed, safe to print or to use as a label.
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             format!("{}://…@{}", &url[..scheme_end], &url[at + 1..])
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{Connection, Executor, SqliteConnection, sqlite::SqliteConnectOptions};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn sqlite_lock_contention_is_transient_and_a_bad_statement_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("contended.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        let mut holder = SqliteConnection::connect_with(&options).await.unwrap();
+        holder.execute("CREATE TABLE t (x INTEGER)").await.unwrap();
+        holder.execute("BEGIN EXCLUSIVE").await.unwrap();
+        let mut writer = SqliteConnection::connect_with(&options.busy_timeout(Duration::ZERO))
+            .await
+            .unwrap();
+
+        let busy = writer
+            .execute("INSERT INTO t VALUES (1)")
+            .await
+            .unwrap_err();
+        assert!(is_transient(&busy), "{busy}");
+        let bug = writer
+            .execute("INSERT INTO missing VALUES (1)")
+            .await
+            .unwrap_err();
+        assert!(!is_transient(&bug), "{bug}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_postgres_is_transient() {
+        // A port nobody listens on: bind one, then free it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let error =
+            sqlx::PgConnection::connect(&format!("postgres://nobody@127.0.0.1:{port}/none"))
+                .await
+                .unwrap_err();
+        assert!(is_transient(&error), "{error}");
+    }
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(
+            redact("postgres://app:secret@db:5432/casebook"),
+            "postgres://…@db:5432/casebook"
+        );
+        assert_eq!(
+            redact("sqlite://data/casebook.db"),
+            "sqlite://data/casebook.db"
+        );
     }
 }

@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::Database;
+use super::{Connection, Database};
 use crate::auth::UserId;
 
 /// Better Auth's user table, quoted because `user` is reserved in PostgreSQL.
@@ -70,17 +70,17 @@ impl UserDirectory {
 
     /// The user with `id`, if Better Auth still has one.
     pub async fn find(&self, id: &UserId) -> Result<Option<UserRecord>, sqlx::Error> {
-        match &self.db {
-            Database::Postgres(pool) => {
+        match self.db.acquire().await? {
+            Connection::Postgres(mut connection) => {
                 sqlx::query_as(FIND_USER)
                     .bind(id.as_str())
-                    .fetch_optional(pool)
+                    .fetch_optional(&mut *connection)
                     .await
             }
-            Database::Sqlite(pool) => {
+            Connection::Sqlite(mut connection) => {
                 sqlx::query_as(FIND_USER)
                     .bind(id.as_str())
-                    .fetch_optional(pool)
+                    .fetch_optional(&mut *connection)
                     .await
             }
         }

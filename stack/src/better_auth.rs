@@ -4,7 +4,7 @@
 //! The services never write these tables; the development stack does, because
 //! on a laptop there is no Better Auth to do it.
 
-use casebook::db::Database;
+use casebook::db::{Database, Pool};
 
 const SQLITE_SCHEMA: &str = include_str!("../better-auth/schema.sqlite.sql");
 const POSTGRES_SCHEMA: &str = include_str!("../better-auth/schema.postgres.sql");
@@ -30,13 +30,13 @@ pub async fn ensure_schema(db: &Database) -> Result<(), sqlx::Error> {
         "creating Better Auth's tables for development"
     );
     // The DDL is a fixed file of this repository, never built from input.
-    match db {
-        Database::Postgres(pool) => {
+    match db.pool() {
+        Pool::Postgres(pool) => {
             sqlx::raw_sql(sqlx::AssertSqlSafe(POSTGRES_SCHEMA))
                 .execute(pool)
                 .await?;
         }
-        Database::Sqlite(pool) => {
+        Pool::Sqlite(pool) => {
             sqlx::raw_sql(sqlx::AssertSqlSafe(SQLITE_SCHEMA))
                 .execute(pool)
                 .await?;
@@ -48,14 +48,14 @@ pub async fn ensure_schema(db: &Database) -> Result<(), sqlx::Error> {
 /// The user with `email`, created (with `name`) if there is none.
 pub async fn ensure_user(db: &Database, email: &str, name: &str) -> Result<UserRow, sqlx::Error> {
     const FIND: &str = r#"SELECT "id", "name", "email" FROM "user" WHERE "email" = $1"#;
-    let found: Option<(String, String, String)> = match db {
-        Database::Postgres(pool) => {
+    let found: Option<(String, String, String)> = match db.pool() {
+        Pool::Postgres(pool) => {
             sqlx::query_as(FIND)
                 .bind(email)
                 .fetch_optional(pool)
                 .await?
         }
-        Database::Sqlite(pool) => {
+        Pool::Sqlite(pool) => {
             sqlx::query_as(FIND)
                 .bind(email)
                 .fetch_optional(pool)
@@ -74,13 +74,13 @@ pub async fn ensure_user(db: &Database, email: &str, name: &str) -> Result<UserR
         .format("%Y-%m-%dT%H:%M:%S%.3fZ")
         .to_string();
     // Timestamps as Better Auth writes them: ISO-8601 text on SQLite, timestamptz on PostgreSQL.
-    match db {
-        Database::Postgres(pool) => {
+    match db.pool() {
+        Pool::Postgres(pool) => {
             sqlx::query(r#"INSERT INTO "user" ("id", "name", "email", "emailVerified", "createdAt", "updatedAt") VALUES ($1, $2, $3, true, $4::timestamptz, $4::timestamptz)"#)
                 .bind(&user.id).bind(&user.name).bind(&user.email).bind(&now)
                 .execute(pool).await?;
         }
-        Database::Sqlite(pool) => {
+        Pool::Sqlite(pool) => {
             sqlx::query(r#"INSERT INTO "user" ("id", "name", "email", "emailVerified", "createdAt", "updatedAt") VALUES (?1, ?2, ?3, 1, ?4, ?4)"#)
                 .bind(&user.id).bind(&user.name).bind(&user.email).bind(&now)
                 .execute(pool).await?;

@@ -110,7 +110,7 @@ impl StackArgs {
     async fn database(&self) -> anyhow::Result<Database> {
         let url = self.database_url();
         let args = DatabaseOnly::try_parse_from(["casebook", "--database-url", &url])?;
-        let db = Database::connect(&args.database).await?;
+        let db = Database::connect(&args.database, "casebook").await?;
         better_auth::ensure_schema(&db).await?;
         Ok(db)
     }

@@ -363,6 +363,22 @@ impl TestDb {
         }
     }
 
+    /// Holds a lock under which every write to `cases` waits (reads go on),
+    /// until [`WriteLock::release`].
+    pub async fn block_case_writes(&self) -> WriteLock {
+        if self.is_postgres() {
+            let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            conn.execute("BEGIN; LOCK TABLE cases IN EXCLUSIVE MODE")
+                .await
+                .unwrap();
+            WriteLock::Postgres(conn)
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+            conn.execute("BEGIN EXCLUSIVE").await.unwrap();
+            WriteLock::Sqlite(conn)
+        }
+    }
+
     pub async fn delete_user(&self, id: &str) {
         let sql = r#"DELETE FROM "user" WHERE "id" = $1"#;
         if self.is_postgres() {
@@ -372,6 +388,22 @@ impl TestDb {
             let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
             sqlx::query(sql).bind(id).execute(&mut conn).await.unwrap();
         }
+    }
+}
+
+/// A transaction holding a write lock, from [`TestDb::block_case_writes`].
+pub enum WriteLock {
+    Postgres(sqlx::PgConnection),
+    Sqlite(sqlx::SqliteConnection),
+}
+
+impl WriteLock {
+    pub async fn release(self) {
+        match self {
+            Self::Postgres(mut conn) => conn.execute("ROLLBACK").await.map(drop),
+            Self::Sqlite(mut conn) => conn.execute("ROLLBACK").await.map(drop),
+        }
+        .unwrap();
     }
 }
 

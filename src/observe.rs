@@ -8,6 +8,11 @@
 //! - Beyond `MAX_CONCURRENT_CALLS` calls in flight, a call is refused at once
 //!   with `RESOURCE_EXHAUSTED` (reason `OVERLOADED`) instead of queueing: the
 //!   admitted calls keep their latency and the client can back off.
+//! - A request tonic could not decode is the caller's error, not ours: its
+//!   status is restated as `INVALID_ARGUMENT` (`MALFORMED_MESSAGE`), and an
+//!   over-size message as `RESOURCE_EXHAUSTED` (`MESSAGE_TOO_LARGE`, as the
+//!   gRPC status-code table asks), each with an `ErrorInfo`, so neither pages
+//!   the operator as an `INTERNAL` or reads as a range error.
 //! - When the response ends (trailers seen, or the client went away) one line
 //!   is logged: method, gRPC code, latency, user id, request id. Never the
 //!   token, never personal fields beyond the id.
@@ -139,6 +144,7 @@ where
             let response = inner.call(request).await?;
             let (mut parts, body) = response.into_parts();
             parts.headers.insert(REQUEST_ID, request_id);
+            restate_decode_errors(&mut parts.headers);
             // A trailers-only response carries its status in the headers.
             let code = parts.headers.get("grpc-status").map(code_of);
             let body = Observed {
@@ -151,6 +157,43 @@ where
                 tonic::body::Body::new(body),
             ))
         })
+    }
+}
+
+/// Rewrites the trailers-only status tonic produces when it cannot decode the
+/// request (see the module comment); any other response is left alone.
+fn restate_decode_errors(headers: &mut HeaderMap) {
+    let Some(status) = Status::from_header_map(headers) else {
+        return;
+    };
+    let message = status.message();
+    let restated = match status.code() {
+        Code::Internal if message.starts_with("failed to decode Protobuf message") => {
+            rpc_error::with_reason(
+                Code::InvalidArgument,
+                "MALFORMED_MESSAGE",
+                format!(
+                    "the request is not a valid protobuf message of this method's type ({message})"
+                ),
+            )
+        }
+        Code::OutOfRange if message.contains("decoded message length too large") => {
+            rpc_error::with_reason(
+                Code::ResourceExhausted,
+                "MESSAGE_TOO_LARGE",
+                format!("the request message is too large: {message}"),
+            )
+        }
+        _ => return,
+    };
+    // Only fails on an unencodable message, which ours never are; then the
+    // original status stands.
+    let mut fields = HeaderMap::new();
+    if restated.add_header(&mut fields).is_ok() {
+        for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+            headers.remove(name);
+        }
+        headers.extend(fields);
     }
 }
 

@@ -17,6 +17,12 @@ pub struct ClaimRules {
     pub leeway: Duration,
 }
 
+/// How deeply the other claims may nest. They are handed on (VerifyToken
+/// returns them as a `google.protobuf.Struct`, two protobuf levels per JSON
+/// level) and protobuf decoders stop at 100 levels, so deeper claims would
+/// make a response its clients cannot read. serde_json itself stops at 128.
+pub const MAX_CLAIM_DEPTH: usize = 32;
+
 /// Registered claims reported in their own [`Principal`] fields.
 const REGISTERED: [&str; 6] = ["iss", "sub", "aud", "exp", "nbf", "iat"];
 
@@ -72,6 +78,11 @@ pub fn validate(
     };
 
     claims.retain(|name, _| !REGISTERED.contains(&name.as_str()));
+    if claims.values().any(|value| depth(value) > MAX_CLAIM_DEPTH) {
+        return Err(AuthError::MalformedToken(
+            "claims nest more than 32 levels deep",
+        ));
+    }
     Ok(Principal {
         user_id,
         issuer: rules.issuer.clone(),
@@ -82,6 +93,23 @@ pub fn validate(
         algorithm: token.algorithm(),
         claims,
     })
+}
+
+/// How many arrays or objects deep `value` goes (a scalar is 0). Iterative,
+/// so no input can exhaust the stack here.
+fn depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut pending = vec![(value, 0)];
+    while let Some((value, level)) = pending.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(fields) => Box::new(fields.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(level + 1);
+        pending.extend(children.map(|child| (child, level + 1)));
+    }
+    deepest
 }
 
 /// A NumericDate claim (RFC 7519 §2): a JSON number of seconds, possibly
@@ -99,5 +127,23 @@ fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Optio
             .map(Some)
             .ok_or(AuthError::InvalidClaim(name)),
         Some(_) => Err(AuthError::InvalidClaim(name)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_counts_containers_not_scalars() {
+        assert_eq!(depth(&serde_json::json!("text")), 0);
+        assert_eq!(depth(&serde_json::json!({"a": [1, {"b": []}]})), 4);
+        let deep = (0..10_000).fold(serde_json::json!(1), |inner, _| serde_json::json!([inner]));
+        assert_eq!(depth(&deep), 10_000, "iterative: no stack overflow");
+        // serde_json's recursive Drop would overflow on this value; unwind it by hand.
+        let mut value = deep;
+        while let Value::Array(mut items) = value {
+            value = items.pop().unwrap_or(Value::Null);
+        }
     }
 }

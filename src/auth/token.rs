@@ -101,3 +101,67 @@ fn decode(part: &str, problem: &'static str) -> Result<Vec<u8>, AuthError> {
         .decode(part)
         .map_err(|_| AuthError::MalformedToken(problem))
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const ALLOWED: [Algorithm; 2] = [Algorithm::EdDsa, Algorithm::Es256];
+
+    fn b64(bytes: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    proptest! {
+        /// Any text at all is parsed or refused with a typed error: no panic,
+        /// and nothing over the limit is even looked at.
+        #[test]
+        fn arbitrary_text_never_panics(token in ".{0,300}") {
+            match UnverifiedToken::parse(&token, 200, &ALLOWED) {
+                Ok(parsed) => prop_assert!(ALLOWED.contains(&parsed.algorithm())),
+                Err(AuthError::TokenTooLarge { limit }) => prop_assert!(token.len() > limit),
+                Err(_) => prop_assert!(token.len() <= 200),
+            }
+        }
+
+        /// Well-formed base64url around arbitrary header bytes: only a JSON
+        /// object naming an allowed algorithm gets through.
+        #[test]
+        fn arbitrary_headers_are_refused_unless_they_name_an_allowed_algorithm(
+            header in proptest::collection::vec(any::<u8>(), 0..200),
+            payload in proptest::collection::vec(any::<u8>(), 0..50),
+        ) {
+            let token = format!("{}.{}.{}", b64(&header), b64(&payload), b64(b"sig"));
+            if let Ok(parsed) = UnverifiedToken::parse(&token, 8192, &ALLOWED) {
+                let json: serde_json::Value = serde_json::from_slice(&header).unwrap();
+                prop_assert_eq!(
+                    Algorithm::from_jose(json["alg"].as_str().unwrap()),
+                    Some(parsed.algorithm())
+                );
+            }
+        }
+
+        /// Headers that are JSON objects with arbitrary `alg`, `typ` and `crit`.
+        #[test]
+        fn header_fields_are_checked_whatever_their_values(
+            alg in prop_oneof![Just("EdDSA".to_owned()), Just("none".to_owned()), Just("HS256".to_owned()), ".{0,12}"],
+            typ in proptest::option::of(prop_oneof![Just("JWT".to_owned()), ".{0,12}"]),
+            crit in any::<bool>(),
+        ) {
+            let mut header = serde_json::json!({ "alg": alg });
+            if let Some(typ) = &typ {
+                header["typ"] = typ.clone().into();
+            }
+            if crit {
+                header["crit"] = serde_json::json!(["exp"]);
+            }
+            let token = format!("{}.e30.{}", b64(header.to_string().as_bytes()), b64(b"sig"));
+            let outcome = UnverifiedToken::parse(&token, 8192, &ALLOWED);
+            let typ_ok = typ.as_deref().is_none_or(|t| t.eq_ignore_ascii_case("JWT") || t.eq_ignore_ascii_case("application/jwt"));
+            let alg_ok = Algorithm::from_jose(&alg).is_some_and(|a| ALLOWED.contains(&a));
+            prop_assert_eq!(outcome.is_ok(), !crit && typ_ok && alg_ok);
+        }
+    }
+}

@@ -1,10 +1,18 @@
 //! What operators see: request ids, per-call metrics, the metrics endpoint,
-//! database pool gauges, and fast rejection beyond the concurrency limit.
+//! database pool gauges, and refusal beyond the concurrency limit that never
+//! waits for the calls it protects.
 
 mod common;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
+use casebook::auth::{Algorithm, issuer::SigningKey};
 use casebook::pb::casebook::{
     auth::v1::{VerifyTokenRequest, WhoAmIRequest},
     cases::v1::{Case, CreateCaseRequest, ListCasesRequest, case::Type},
@@ -187,39 +195,58 @@ async fn pool_gauges_show_connections_in_use_and_calls_waiting_for_one() {
     );
 }
 
-#[tokio::test]
-async fn beyond_the_concurrency_limit_calls_are_refused_at_once() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_four_times_the_limit_the_excess_is_refused_while_admitted_calls_complete() {
+    const LIMIT: usize = 4;
     let app = AuthSvc::start(&[
         "--max-concurrent-calls",
-        "1",
+        &LIMIT.to_string(),
         "--jwks-refetch-cooldown",
         "0s",
     ])
     .await;
-    // A token naming an unpublished key makes its call wait on a slow refetch,
-    // holding the only slot.
-    app.jwks.behave(Behaviour::Slow(Duration::from_secs(2)));
-    let stranger = app.issuer.keys[0].sign_parts(
-        br#"{"alg":"EdDSA","kid":"not-yet-published"}"#,
-        claims("u").to_string().as_bytes(),
-    );
-    let mut slow = app.client().await;
-    let holder =
-        tokio::spawn(async move { slow.who_am_i(bearer(WhoAmIRequest {}, &stranger)).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A key the service has not seen yet: calls signed with it wait on a slow
+    // refetch (holding their slots), which then finds it published.
+    let late = SigningKey::generate(Algorithm::EdDsa, "late").unwrap();
+    let mut jwks = app.issuer.jwks();
+    jwks["keys"].as_array_mut().unwrap().push(late.public_jwk());
+    app.jwks.publish(jwks);
+    app.jwks
+        .behave(Behaviour::Slow(Duration::from_millis(1500)));
+    let token = late.sign(&claims("u"));
 
-    let started = tokio::time::Instant::now();
-    let token = app.issuer.token("u");
-    let status = app
-        .client()
-        .await
-        .who_am_i(bearer(WhoAmIRequest {}, &token))
-        .await
-        .unwrap_err();
-    assert_reason(&status, Code::ResourceExhausted, "OVERLOADED");
+    let client = app.client().await;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let calls: Vec<_> = (0..4 * LIMIT)
+        .map(|_| {
+            let (mut client, answered, token) =
+                (client.clone(), Arc::clone(&answered), token.clone());
+            tokio::spawn(async move {
+                let result = client.verify_token(VerifyTokenRequest { token }).await;
+                (answered.fetch_add(1, Ordering::SeqCst), result)
+            })
+        })
+        .collect();
+    let mut admitted = Vec::new();
+    let mut refused = Vec::new();
+    for call in calls {
+        match call.await.unwrap() {
+            (order, Ok(response)) => {
+                assert_eq!(response.into_inner().principal.unwrap().key_id, "late");
+                admitted.push(order);
+            }
+            (order, Err(status)) => {
+                assert_reason(&status, Code::ResourceExhausted, "OVERLOADED");
+                refused.push(order);
+            }
+        }
+    }
+    assert_eq!(admitted.len(), LIMIT, "exactly the limit is admitted");
+    assert_eq!(refused.len(), 3 * LIMIT);
+    // Every refusal was answered while the admitted calls were still waiting
+    // on the slow fetch: refusing never queues behind the work it protects.
     assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "refused without waiting for the slot"
+        refused.iter().max() < admitted.iter().min(),
+        "refused {refused:?} before admitted {admitted:?}"
     );
-    let _ = holder.await.unwrap();
 }

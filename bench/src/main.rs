@@ -43,6 +43,10 @@ struct Cli {
     /// CPUs for the services (`taskset -c` list); empty: not pinned.
     #[arg(long, default_value = "")]
     server_cpus: String,
+    /// MAX_CONCURRENT_CALLS for the services: set it below --concurrency to
+    /// measure overload (refusals and the admitted calls' latency).
+    #[arg(long, default_value_t = 1024)]
+    max_concurrent_calls: usize,
     /// Verified tokens the services remember (0: every call verifies).
     #[arg(long, default_value_t = 10_000)]
     cache_entries: usize,
@@ -64,6 +68,7 @@ struct Report {
     duration_secs: f64,
     server_cpus: String,
     cache_entries: usize,
+    max_concurrent_calls: usize,
     eddsa_raw_verifies_per_sec: f64,
     rss_mib_idle: Option<(f64, f64)>,
     rss_mib_max_under_load: Option<(f64, f64)>,
@@ -92,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
         bin_dir: &cli.bin_dir,
         server_cpus: &cli.server_cpus,
         cache_entries: cli.cache_entries,
+        max_concurrent_calls: cli.max_concurrent_calls,
         users: cli.users,
     })
     .await?;
@@ -134,14 +140,19 @@ async fn main() -> anyhow::Result<()> {
     let eddsa = baseline::eddsa_verifies_per_second(Duration::from_secs(2))?;
 
     println!(
-        "{} calls in flight over {} connections, {:?} each; services on CPUs {:?}; token cache {} entries\n",
-        cli.concurrency, cli.connections, cli.duration, cli.server_cpus, cli.cache_entries
+        "{} calls in flight over {} connections, {:?} each; services on CPUs {:?}; token cache {} entries; MAX_CONCURRENT_CALLS {}\n",
+        cli.concurrency,
+        cli.connections,
+        cli.duration,
+        cli.server_cpus,
+        cli.cache_entries,
+        cli.max_concurrent_calls
     );
     println!("{}", Summary::HEADER);
     for row in &rows {
         println!("{}", row.row());
     }
-    println!("| baseline: raw EdDSA verify, one core (crypto ceiling) | {eddsa:.0} | | | | | |");
+    println!("| baseline: raw EdDSA verify, one core (crypto ceiling) | {eddsa:.0} | | | | | | |");
     if let Some((auth, cases)) = idle {
         println!(
             "\nresident memory: idle auth-svc {auth:.1} MiB, case-svc {cases:.1} MiB; under load max auth-svc {:.1} MiB, case-svc {:.1} MiB",
@@ -155,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
             duration_secs: cli.duration.as_secs_f64(),
             server_cpus: cli.server_cpus.clone(),
             cache_entries: cli.cache_entries,
+            max_concurrent_calls: cli.max_concurrent_calls,
             eddsa_raw_verifies_per_sec: eddsa,
             rss_mib_idle: idle,
             rss_mib_max_under_load: Some(peak),

@@ -1,6 +1,7 @@
 //! What a run measured: latencies of successful calls and failures by gRPC
-//! code. A failed call is never a latency sample, so errors cannot make a
-//! scenario look fast.
+//! code. A failed call is never a success's latency sample, so errors cannot
+//! make a scenario look fast; failures have their own p99, which is how an
+//! overload run shows that refusals are quick.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -10,23 +11,39 @@ use serde::Serialize;
 #[derive(Default)]
 pub struct Recorder {
     micros: Vec<u32>,
+    failed_micros: Vec<u32>,
     errors: BTreeMap<String, u64>,
+}
+
+fn micros(elapsed: Duration) -> u32 {
+    u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX)
+}
+
+/// The nearest-rank `q` quantile of sorted microseconds, in milliseconds.
+fn quantile(sorted: &[u32], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    f64::from(sorted[rank.clamp(1, sorted.len()) - 1]) / 1000.0
 }
 
 impl Recorder {
     /// Records one call's outcome.
     pub fn record(&mut self, elapsed: Duration, outcome: Result<(), tonic::Code>) {
         match outcome {
-            Ok(()) => self
-                .micros
-                .push(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX)),
-            Err(code) => *self.errors.entry(format!("{code:?}")).or_default() += 1,
+            Ok(()) => self.micros.push(micros(elapsed)),
+            Err(code) => {
+                self.failed_micros.push(micros(elapsed));
+                *self.errors.entry(format!("{code:?}")).or_default() += 1;
+            }
         }
     }
 
     /// Merges another worker's samples.
     pub fn merge(&mut self, other: Recorder) {
         self.micros.extend(other.micros);
+        self.failed_micros.extend(other.failed_micros);
         for (code, count) in other.errors {
             *self.errors.entry(code).or_default() += count;
         }
@@ -35,22 +52,18 @@ impl Recorder {
     /// The summary over `wall` time.
     pub fn summarize(mut self, name: &str, wall: Duration) -> Summary {
         self.micros.sort_unstable();
-        let quantile = |q: f64| -> f64 {
-            if self.micros.is_empty() {
-                return 0.0;
-            }
-            let rank = (q * self.micros.len() as f64).ceil() as usize;
-            f64::from(self.micros[rank.clamp(1, self.micros.len()) - 1]) / 1000.0
-        };
+        self.failed_micros.sort_unstable();
+        let ok = |q: f64| quantile(&self.micros, q);
         Summary {
             scenario: name.to_owned(),
             ok: self.micros.len() as u64,
             errors: self.errors,
             throughput: self.micros.len() as f64 / wall.as_secs_f64().max(f64::EPSILON),
-            p50_ms: quantile(0.50),
-            p90_ms: quantile(0.90),
-            p99_ms: quantile(0.99),
+            p50_ms: ok(0.50),
+            p90_ms: ok(0.90),
+            p99_ms: ok(0.99),
             max_ms: self.micros.last().map_or(0.0, |m| f64::from(*m) / 1000.0),
+            failed_p99_ms: quantile(&self.failed_micros, 0.99),
         }
     }
 }
@@ -74,11 +87,13 @@ pub struct Summary {
     pub p99_ms: f64,
     /// Slowest successful call.
     pub max_ms: f64,
+    /// 99th percentile of failed calls (0 when none failed).
+    pub failed_p99_ms: f64,
 }
 
 impl Summary {
     /// The markdown table header.
-    pub const HEADER: &str = "| scenario | ok/s | p50 ms | p90 ms | p99 ms | max ms | errors |\n|---|---|---|---|---|---|---|";
+    pub const HEADER: &str = "| scenario | ok/s | p50 ms | p90 ms | p99 ms | max ms | errors | failed p99 ms |\n|---|---|---|---|---|---|---|---|";
 
     /// One markdown row.
     pub fn row(&self) -> String {
@@ -92,14 +107,19 @@ impl Summary {
                 .join(", ")
         };
         format!(
-            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
             self.scenario,
             self.throughput,
             self.p50_ms,
             self.p90_ms,
             self.p99_ms,
             self.max_ms,
-            errors
+            errors,
+            if self.errors.is_empty() {
+                String::new()
+            } else {
+                format!("{:.2}", self.failed_p99_ms)
+            }
         )
     }
 }
@@ -144,6 +164,10 @@ mod tests {
             "the fast failures did not count as latency"
         );
         assert_eq!(summary.errors["Unavailable"], 2);
+        assert_eq!(
+            summary.failed_p99_ms, 0.001,
+            "failures keep their own latency"
+        );
         assert_eq!(summary.errors["Unauthenticated"], 1);
         assert!(summary.row().contains("Unavailable: 2"));
     }

@@ -90,6 +90,8 @@ pub struct Options<'a> {
     pub server_cpus: &'a str,
     /// JWT_CACHE_ENTRIES for the services.
     pub cache_entries: usize,
+    /// MAX_CONCURRENT_CALLS for the services.
+    pub max_concurrent_calls: usize,
     /// Users to seed.
     pub users: usize,
 }
@@ -126,6 +128,10 @@ impl System {
                 .env("BETTER_AUTH_URL", issuer.url())
                 .env("DATABASE_URL", options.database_url)
                 .env("JWT_CACHE_ENTRIES", options.cache_entries.to_string())
+                .env(
+                    "MAX_CONCURRENT_CALLS",
+                    options.max_concurrent_calls.to_string(),
+                )
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .spawn()

@@ -7,7 +7,11 @@
 //!   returned in the response headers.
 //! - Beyond `MAX_CONCURRENT_CALLS` calls in flight, a call is refused at once
 //!   with `RESOURCE_EXHAUSTED` (reason `OVERLOADED`) instead of queueing: the
-//!   admitted calls keep their latency and the client can back off.
+//!   admitted calls keep their latency and the client can back off. The
+//!   refusal is built once, and sent only after the (small, unary) request
+//!   has been read to its end: answering a stream the client is still
+//!   writing makes HTTP/2 reset it, which clients report as a transport
+//!   error instead of the status.
 //! - A request tonic could not decode is the caller's error, not ours: its
 //!   status is restated as `INVALID_ARGUMENT` (`MALFORMED_MESSAGE`), and an
 //!   over-size message as `RESOURCE_EXHAUSTED` (`MESSAGE_TOO_LARGE`, as the
@@ -49,17 +53,28 @@ impl CallContext {
     }
 }
 
+/// The most of a refused request read before answering anyway.
+const DRAIN_LIMIT: usize = 64 * 1024;
+
 /// The layer.
 #[derive(Clone)]
 pub struct ObserveLayer {
     slots: Arc<Semaphore>,
+    overloaded: Arc<HeaderMap>,
 }
 
 impl ObserveLayer {
     /// At most `max_concurrent_calls` calls in flight.
     pub fn new(max_concurrent_calls: usize) -> Self {
+        let status = rpc_error::with_reason(
+            Code::ResourceExhausted,
+            "OVERLOADED",
+            "the server is at its concurrency limit; retry with backoff",
+        );
+        let (refusal, _) = status.into_http::<tonic::body::Body>().into_parts();
         Self {
             slots: Arc::new(Semaphore::new(max_concurrent_calls.max(1))),
+            overloaded: Arc::new(refusal.headers),
         }
     }
 }
@@ -71,6 +86,7 @@ impl<S> Layer<S> for ObserveLayer {
         Observe {
             inner,
             slots: Arc::clone(&self.slots),
+            overloaded: Arc::clone(&self.overloaded),
         }
     }
 }
@@ -80,6 +96,7 @@ impl<S> Layer<S> for ObserveLayer {
 pub struct Observe<S> {
     inner: S,
     slots: Arc<Semaphore>,
+    overloaded: Arc<HeaderMap>,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -91,7 +108,7 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
+    B: http_body::Body + Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
@@ -115,11 +132,6 @@ where
                 vec![("reason", "OVERLOADED".into())],
                 1,
             );
-            let status = rpc_error::with_reason(
-                Code::ResourceExhausted,
-                "OVERLOADED",
-                "the server is at its concurrency limit; retry with backoff",
-            );
             let call = Call {
                 method,
                 started: Instant::now(),
@@ -128,9 +140,14 @@ where
                 permit: None,
             };
             call.finish(Code::ResourceExhausted);
-            let mut response: http::Response<tonic::body::Body> = status.into_http();
+            let mut response = http::Response::new(tonic::body::Body::empty());
+            *response.headers_mut() = HeaderMap::clone(&self.overloaded);
             response.headers_mut().insert(REQUEST_ID, request_id);
-            return Box::pin(async move { Ok(response) });
+            let body = request.into_body();
+            return Box::pin(async move {
+                drain(body).await;
+                Ok(response)
+            });
         };
         metrics::global().gauge_add("casebook_calls_in_flight", Vec::new(), 1.0);
         let call = Call {
@@ -194,6 +211,21 @@ fn restate_decode_errors(headers: &mut HeaderMap) {
             headers.remove(name);
         }
         headers.extend(fields);
+    }
+}
+
+/// Reads `body` to its end, or until [`DRAIN_LIMIT`] bytes or an error.
+async fn drain<B: http_body::Body>(body: B) {
+    use http_body_util::BodyExt;
+    let mut body = std::pin::pin!(body);
+    let mut read = 0;
+    while read <= DRAIN_LIMIT {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                read += frame.data_ref().map_or(0, bytes::Buf::remaining);
+            }
+            _ => return,
+        }
     }
 }
 

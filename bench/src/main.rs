@@ -117,7 +117,15 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     rows.push(db.summarize("baseline: GetCase SQL via sqlx (database ceiling)", wall));
+    let server_cpu = || {
+        system
+            .auth
+            .cpu_seconds()
+            .zip(system.cases.cpu_seconds())
+            .map(|(auth, cases)| auth + cases)
+    };
     for scenario in scenarios {
+        let cpu_before = server_cpu();
         let (recorder, wall) = load::run(
             scenario,
             system.auth.addr,
@@ -135,7 +143,12 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Noop => "baseline: health check (transport ceiling)".to_owned(),
             other => format!("{other:?}"),
         };
-        rows.push(recorder.summarize(&name, wall));
+        let mut summary = recorder.summarize(&name, wall);
+        summary.server_cpu_us_per_call = cpu_before
+            .zip(server_cpu())
+            .filter(|_| summary.ok > 0)
+            .map(|(before, after)| (after - before) * 1e6 / summary.ok as f64);
+        rows.push(summary);
     }
     let eddsa = baseline::eddsa_verifies_per_second(Duration::from_secs(2))?;
 
@@ -152,7 +165,9 @@ async fn main() -> anyhow::Result<()> {
     for row in &rows {
         println!("{}", row.row());
     }
-    println!("| baseline: raw EdDSA verify, one core (crypto ceiling) | {eddsa:.0} | | | | | | |");
+    println!(
+        "| baseline: raw EdDSA verify, one core (crypto ceiling) | {eddsa:.0} | | | | | | | |"
+    );
     if let Some((auth, cases)) = idle {
         println!(
             "\nresident memory: idle auth-svc {auth:.1} MiB, case-svc {cases:.1} MiB; under load max auth-svc {:.1} MiB, case-svc {:.1} MiB",

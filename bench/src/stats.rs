@@ -64,6 +64,7 @@ impl Recorder {
             p99_ms: ok(0.99),
             max_ms: self.micros.last().map_or(0.0, |m| f64::from(*m) / 1000.0),
             failed_p99_ms: quantile(&self.failed_micros, 0.99),
+            server_cpu_us_per_call: None,
         }
     }
 }
@@ -89,11 +90,14 @@ pub struct Summary {
     pub max_ms: f64,
     /// 99th percentile of failed calls (0 when none failed).
     pub failed_p99_ms: f64,
+    /// CPU time both services spent per successful call, microseconds (user
+    /// + kernel, from /proc): the cost that decides throughput per core.
+    pub server_cpu_us_per_call: Option<f64>,
 }
 
 impl Summary {
     /// The markdown table header.
-    pub const HEADER: &str = "| scenario | ok/s | p50 ms | p90 ms | p99 ms | max ms | errors | failed p99 ms |\n|---|---|---|---|---|---|---|---|";
+    pub const HEADER: &str = "| scenario | ok/s | p50 ms | p90 ms | p99 ms | max ms | errors | failed p99 ms | server CPU µs/call |\n|---|---|---|---|---|---|---|---|---|";
 
     /// One markdown row.
     pub fn row(&self) -> String {
@@ -107,7 +111,7 @@ impl Summary {
                 .join(", ")
         };
         format!(
-            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
             self.scenario,
             self.throughput,
             self.p50_ms,
@@ -119,7 +123,9 @@ impl Summary {
                 String::new()
             } else {
                 format!("{:.2}", self.failed_p99_ms)
-            }
+            },
+            self.server_cpu_us_per_call
+                .map_or(String::new(), |us| format!("{us:.0}"))
         )
     }
 }

@@ -31,7 +31,21 @@ impl Drop for Service {
     }
 }
 
+/// Linux's clock tick for /proc times (USER_HZ, fixed at 100 by the ABI).
+const TICKS_PER_SECOND: f64 = 100.0;
+
 impl Service {
+    /// CPU time (user + system) the process has used, in seconds, from /proc.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the command name (which may hold spaces, in parens):
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+        let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+        let user: f64 = fields.next()?.parse().ok()?;
+        let system: f64 = fields.next()?.parse().ok()?;
+        Some((user + system) / TICKS_PER_SECOND)
+    }
+
     /// Resident memory (VmRSS) in MiB, from /proc.
     pub fn rss_mib(&self) -> Option<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;

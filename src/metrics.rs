@@ -1,21 +1,50 @@
 //! Prometheus metrics: a small process-wide registry and its text exposition.
 //!
-//! Counters and latency histograms are recorded on the request path (one
-//! short lock each); gauges that describe state owned elsewhere (JWKS age,
-//! cache hits, pool sizes) are read by collectors only when scraped.
+//! Every call is recorded in a family of its own ([`Metrics::call_started`],
+//! [`Metrics::call_finished`]): one short lock, one hash of the method name,
+//! no allocation once a method has been seen, because it runs on every
+//! request. Rarer events (token rejections, JWKS fetches, upstream errors)
+//! are labelled counters; gauges that describe state owned elsewhere (JWKS
+//! age, cache hits, pool sizes) are read by collectors only when scraped.
 //! `serve` answers `GET /metrics` on `METRICS_ADDR`.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fmt::Write as _,
     net::SocketAddr,
-    sync::{Mutex, OnceLock},
+    sync::{
+        Mutex, OnceLock,
+        atomic::{AtomicI64, Ordering},
+    },
     time::Duration,
 };
+
+use tonic::Code;
 
 /// Latency bucket bounds, seconds.
 const BUCKETS: [f64; 12] = [
     0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Every gRPC code, in wire order (the index is the code).
+const CODES: [Code; 17] = [
+    Code::Ok,
+    Code::Cancelled,
+    Code::Unknown,
+    Code::InvalidArgument,
+    Code::DeadlineExceeded,
+    Code::NotFound,
+    Code::AlreadyExists,
+    Code::PermissionDenied,
+    Code::ResourceExhausted,
+    Code::FailedPrecondition,
+    Code::Aborted,
+    Code::OutOfRange,
+    Code::Unimplemented,
+    Code::Internal,
+    Code::Unavailable,
+    Code::DataLoss,
+    Code::Unauthenticated,
 ];
 
 type Labels = Vec<(&'static str, String)>;
@@ -27,20 +56,59 @@ struct Histogram {
     sum: f64,
 }
 
+impl Histogram {
+    fn observe(&mut self, value: Duration) {
+        let seconds = value.as_secs_f64();
+        for (count, bound) in self.counts.iter_mut().zip(BUCKETS) {
+            if seconds <= bound {
+                *count += 1;
+            }
+        }
+        self.total += 1;
+        self.sum += seconds;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &Labels) {
+        for (count, bound) in self.counts.iter().zip(BUCKETS) {
+            let le = bound.to_string();
+            let _ = writeln!(
+                out,
+                "{name}_bucket{} {count}",
+                render_labels(labels, Some(&le))
+            );
+        }
+        let total = self.total;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{} {total}",
+            render_labels(labels, Some("+Inf"))
+        );
+        let _ = writeln!(
+            out,
+            "{name}_sum{} {}",
+            render_labels(labels, None),
+            self.sum
+        );
+        let _ = writeln!(out, "{name}_count{} {total}", render_labels(labels, None));
+    }
+}
+
+/// What one gRPC method has seen.
+#[derive(Default)]
+struct MethodCalls {
+    by_code: [u64; CODES.len()],
+    latency: Histogram,
+}
+
 /// A gauge read at scrape time.
 type Collector = Box<dyn Fn(&mut Vec<(String, Labels, f64)>) + Send + Sync>;
-
-#[derive(Default)]
-struct State {
-    counters: BTreeMap<(&'static str, Labels), u64>,
-    histograms: BTreeMap<(&'static str, Labels), Histogram>,
-    gauges: BTreeMap<(&'static str, Labels), f64>,
-}
 
 /// The registry.
 #[derive(Default)]
 pub struct Metrics {
-    state: Mutex<State>,
+    counters: Mutex<BTreeMap<(&'static str, Labels), u64>>,
+    calls: Mutex<HashMap<String, MethodCalls>>,
+    in_flight: AtomicI64,
     collectors: Mutex<Vec<Collector>>,
 }
 
@@ -50,35 +118,40 @@ pub fn global() -> &'static Metrics {
     METRICS.get_or_init(Metrics::default)
 }
 
-impl Metrics {
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+/// Locks `mutex`, recovering the data if a holder panicked (metrics must
+/// never take a request down).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
+impl Metrics {
     /// Adds `by` to a counter.
     pub fn count(&self, name: &'static str, labels: Labels, by: u64) {
-        *self.state().counters.entry((name, labels)).or_default() += by;
+        *lock(&self.counters).entry((name, labels)).or_default() += by;
     }
 
-    /// Adds `by` (may be negative) to a gauge.
-    pub fn gauge_add(&self, name: &'static str, labels: Labels, by: f64) {
-        *self.state().gauges.entry((name, labels)).or_default() += by;
+    /// A call was admitted (`casebook_calls_in_flight` goes up).
+    pub fn call_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records one observation in a latency histogram.
-    pub fn observe(&self, name: &'static str, labels: Labels, value: Duration) {
-        let seconds = value.as_secs_f64();
-        let mut state = self.state();
-        let histogram = state.histograms.entry((name, labels)).or_default();
-        for (count, bound) in histogram.counts.iter_mut().zip(BUCKETS) {
-            if seconds <= bound {
-                *count += 1;
-            }
+    /// A call of `method` ended with `code` after `elapsed`; `admitted` says
+    /// whether [`Self::call_started`] counted it in flight.
+    pub fn call_finished(&self, method: &str, code: Code, elapsed: Duration, admitted: bool) {
+        if admitted {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
-        histogram.total += 1;
-        histogram.sum += seconds;
+        let mut calls = lock(&self.calls);
+        let stats = match calls.get_mut(method) {
+            Some(stats) => stats,
+            None => calls.entry(method.to_owned()).or_default(),
+        };
+        if let Some(count) = stats.by_code.get_mut(code as usize) {
+            *count += 1;
+        }
+        stats.latency.observe(elapsed);
     }
 
     /// Adds a collector of gauges read at scrape time.
@@ -86,53 +159,42 @@ impl Metrics {
         &self,
         collector: impl Fn(&mut Vec<(String, Labels, f64)>) + Send + Sync + 'static,
     ) {
-        self.collectors
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(Box::new(collector));
+        lock(&self.collectors).push(Box::new(collector));
     }
 
     /// The Prometheus text exposition of everything.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let state = self.state();
-        for ((name, labels), value) in &state.counters {
+        for ((name, labels), value) in lock(&self.counters).iter() {
             let _ = writeln!(out, "{name}{} {value}", render_labels(labels, None));
         }
-        for ((name, labels), value) in &state.gauges {
-            let _ = writeln!(out, "{name}{} {value}", render_labels(labels, None));
-        }
-        for ((name, labels), histogram) in &state.histograms {
-            for (count, bound) in histogram.counts.iter().zip(BUCKETS) {
-                let le = bound.to_string();
+        let calls = lock(&self.calls);
+        let mut methods: Vec<_> = calls.iter().collect();
+        methods.sort_by_key(|(method, _)| method.as_str());
+        for (method, stats) in &methods {
+            for (code, count) in CODES.iter().zip(stats.by_code).filter(|(_, n)| *n > 0) {
+                let labels = vec![("method", (*method).clone()), ("code", format!("{code:?}"))];
                 let _ = writeln!(
                     out,
-                    "{name}_bucket{} {count}",
-                    render_labels(labels, Some(&le))
+                    "casebook_calls_total{} {count}",
+                    render_labels(&labels, None)
                 );
             }
-            let total = histogram.total;
-            let _ = writeln!(
-                out,
-                "{name}_bucket{} {total}",
-                render_labels(labels, Some("+Inf"))
-            );
-            let _ = writeln!(
-                out,
-                "{name}_sum{} {}",
-                render_labels(labels, None),
-                histogram.sum
-            );
-            let _ = writeln!(out, "{name}_count{} {total}", render_labels(labels, None));
         }
-        drop(state);
+        for (method, stats) in &methods {
+            let labels = vec![("method", (*method).clone())];
+            stats
+                .latency
+                .render(&mut out, "casebook_call_duration_seconds", &labels);
+        }
+        drop(calls);
+        let _ = writeln!(
+            out,
+            "casebook_calls_in_flight {}",
+            self.in_flight.load(Ordering::Relaxed)
+        );
         let mut gauges = Vec::new();
-        for collector in self
-            .collectors
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-        {
+        for collector in lock(&self.collectors).iter() {
             collector(&mut gauges);
         }
         for (name, labels, value) in gauges {
@@ -226,27 +288,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_counters_and_histograms_in_prometheus_text() {
+    fn renders_counters_calls_and_histograms_in_prometheus_text() {
         let metrics = Metrics::default();
-        metrics.count("calls_total", vec![("code", "OK".into())], 2);
-        metrics.observe(
-            "latency_seconds",
-            vec![("method", "A/B".into())],
-            Duration::from_millis(3),
-        );
+        metrics.count("rejections_total", vec![("reason", "EXPIRED".into())], 2);
+        metrics.call_started();
+        metrics.call_started();
+        metrics.call_finished("a.B/C", Code::NotFound, Duration::from_millis(3), true);
         let text = metrics.render();
-        assert!(text.contains("calls_total{code=\"OK\"} 2"), "{text}");
+        for expected in [
+            "rejections_total{reason=\"EXPIRED\"} 2",
+            "casebook_calls_total{method=\"a.B/C\",code=\"NotFound\"} 1",
+            "casebook_call_duration_seconds_bucket{method=\"a.B/C\",le=\"0.002\"} 0",
+            "casebook_call_duration_seconds_bucket{method=\"a.B/C\",le=\"0.005\"} 1",
+            "casebook_call_duration_seconds_count{method=\"a.B/C\"} 1",
+            "casebook_calls_in_flight 1",
+        ] {
+            assert!(text.contains(expected), "missing {expected} in:\n{text}");
+        }
         assert!(
-            text.contains("latency_seconds_bucket{method=\"A/B\",le=\"0.002\"} 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("latency_seconds_bucket{method=\"A/B\",le=\"0.005\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("latency_seconds_count{method=\"A/B\"} 1"),
-            "{text}"
+            !text.contains("code=\"Ok\""),
+            "codes never seen are not rendered"
         );
     }
 }

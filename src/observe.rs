@@ -24,7 +24,10 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Instant,
 };
@@ -121,7 +124,7 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let fresh = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, fresh);
-        let method = method_label(request.uri().path());
+        let uri = request.uri().clone();
         let request_id = request_id(request.headers());
         request.headers_mut().insert(REQUEST_ID, request_id.clone());
         let context = Arc::new(CallContext::default());
@@ -133,7 +136,7 @@ where
                 1,
             );
             let call = Call {
-                method,
+                uri,
                 started: Instant::now(),
                 request_id: request_id.clone(),
                 context,
@@ -149,9 +152,9 @@ where
                 Ok(response)
             });
         };
-        metrics::global().gauge_add("casebook_calls_in_flight", Vec::new(), 1.0);
+        metrics::global().call_started();
         let call = Call {
-            method,
+            uri,
             started: Instant::now(),
             request_id: request_id.clone(),
             context,
@@ -229,15 +232,20 @@ async fn drain<B: http_body::Body>(body: B) {
     }
 }
 
-/// `pkg.Service/Method` for gRPC paths; anything else is one label.
-fn method_label(path: &str) -> String {
-    match path.strip_prefix('/').and_then(|p| p.split_once('/')) {
-        Some((service, method))
-            if !service.is_empty() && !method.is_empty() && !method.contains('/') =>
+/// `pkg.Service/Method` for a call the server routed; `other` for anything
+/// else, including methods nobody implements (so made-up paths cannot grow
+/// the metrics without bound).
+fn method_label(path: &str, code: Code) -> &str {
+    match path.strip_prefix('/') {
+        Some(method)
+            if code != Code::Unimplemented
+                && method
+                    .split_once('/')
+                    .is_some_and(|(s, m)| !s.is_empty() && !m.is_empty() && !m.contains('/')) =>
         {
-            format!("{service}/{method}")
+            method
         }
-        _ => "other".to_owned(),
+        _ => "other",
     }
 }
 
@@ -250,10 +258,27 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(value) = given {
         return value.clone();
     }
-    let mut random = [0u8; 16];
-    let _ = aws_lc_rs::rand::fill(&mut random);
-    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    HeaderValue::from_str(&hex).unwrap_or(HeaderValue::from_static("unknown"))
+    new_request_id()
+}
+
+/// 32 hex digits: a random 64-bit prefix drawn once per process, then a
+/// counter. Unique across replicas without a random draw per call (the id
+/// names a call in logs; it is not a secret).
+fn new_request_id() -> HeaderValue {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut random = [0u8; 8];
+        let _ = aws_lc_rs::rand::fill(&mut random);
+        u64::from_le_bytes(random)
+    });
+    let id = (u128::from(prefix) << 64) | u128::from(NEXT.fetch_add(1, Ordering::Relaxed));
+    let mut hex = [0u8; 32];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        let nibble = (id >> (4 * (31 - i))) & 0xf;
+        *digit = b"0123456789abcdef"[nibble as usize];
+    }
+    HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 fn code_of(value: &HeaderValue) -> Code {
@@ -265,7 +290,7 @@ fn code_of(value: &HeaderValue) -> Code {
 }
 
 struct Call {
-    method: String,
+    uri: http::Uri,
     started: Instant,
     request_id: HeaderValue,
     context: Arc<CallContext>,
@@ -275,24 +300,11 @@ struct Call {
 impl Call {
     fn finish(self, code: Code) {
         let elapsed = self.started.elapsed();
-        let code_name = format!("{code:?}");
-        let registry = metrics::global();
-        registry.count(
-            "casebook_calls_total",
-            vec![("method", self.method.clone()), ("code", code_name.clone())],
-            1,
-        );
-        registry.observe(
-            "casebook_call_duration_seconds",
-            vec![("method", self.method.clone())],
-            elapsed,
-        );
-        if self.permit.is_some() {
-            registry.gauge_add("casebook_calls_in_flight", Vec::new(), -1.0);
-        }
+        let method = method_label(self.uri.path(), code);
+        metrics::global().call_finished(method, code, elapsed, self.permit.is_some());
         tracing::info!(
-            method = %self.method,
-            code = %code_name,
+            method,
+            code = ?code,
             latency_ms = elapsed.as_secs_f64() * 1000.0,
             user = self.context.user.get().map(String::as_str).unwrap_or("-"),
             request_id = self.request_id.to_str().unwrap_or("-"),
@@ -350,5 +362,32 @@ impl Drop for Observed {
         if let Some(call) = self.call.take() {
             call.finish(self.code.unwrap_or(Code::Cancelled));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routed_methods_are_labelled_and_made_up_ones_share_one_label() {
+        let path = "/casebook.cases.v1.CaseService/GetCase";
+        assert_eq!(
+            method_label(path, Code::NotFound),
+            "casebook.cases.v1.CaseService/GetCase"
+        );
+        assert_eq!(method_label(path, Code::Unimplemented), "other");
+        assert_eq!(method_label("/x/y/z", Code::Ok), "other");
+        assert_eq!(method_label("/", Code::Ok), "other");
+    }
+
+    #[test]
+    fn generated_request_ids_are_distinct_hex_of_fixed_length() {
+        let ids: std::collections::HashSet<_> = (0..1000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(
+            ids.iter()
+                .all(|id| id.len() == 32 && id.as_bytes().iter().all(u8::is_ascii_hexdigit))
+        );
     }
 }

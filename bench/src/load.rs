@@ -1,12 +1,15 @@
 //! The scenarios and the closed-loop workers that drive them: `concurrency`
 //! workers share `connections` HTTP/2 connections, each sending its next call
-//! as soon as the previous one answers, until the deadline.
+//! as soon as the previous one answers, until the deadline. The grpc-web
+//! scenario goes through the gateway as a browser on plain HTTP does: one
+//! HTTP/1.1 request per call, on keep-alive connections from a pool.
 
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 use casebook::pb::casebook::{
     auth::v1::{VerifyTokenRequest, WhoAmIRequest, auth_service_client::AuthServiceClient},
     cases::v1::{
@@ -14,7 +17,13 @@ use casebook::pb::casebook::{
         case_service_client::CaseServiceClient,
     },
 };
-use tonic::{Request, transport::Channel};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use prost::Message;
+use tonic::{Code, Request, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::stats::Recorder;
@@ -38,6 +47,8 @@ pub enum Scenario {
     Mixed,
     /// grpc.health.v1.Health/Check on auth-svc: the transport ceiling (a no-op call through tonic).
     Noop,
+    /// CaseService/GetCase as a browser sends it: grpc-web over HTTP/1.1 through the gateway.
+    GrpcWebGetCase,
 }
 
 /// Per-user data the scenarios use.
@@ -46,12 +57,92 @@ pub struct Fixture {
     pub users: Vec<(String, Vec<String>)>,
 }
 
-/// Clients over one connection.
+/// Clients over one connection (grpc-web: over a shared pool).
 #[derive(Clone)]
 struct Clients {
     auth: AuthServiceClient<Channel>,
     cases: CaseServiceClient<Channel>,
     health: HealthClient<Channel>,
+    web: WebClient,
+}
+
+/// An HTTP/1.1 client for grpc-web calls to the gateway.
+#[derive(Clone)]
+pub struct WebClient {
+    http: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+}
+
+impl WebClient {
+    /// A client for the gateway at `addr`.
+    pub fn new(addr: std::net::SocketAddr) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Self {
+            http: Client::builder(TokioExecutor::new()).build(connector),
+            base: format!("http://{addr}"),
+        }
+    }
+
+    /// One unary binary grpc-web call; its gRPC status as the outcome.
+    async fn call(&self, path: &str, message: &impl Message, token: &str) -> Result<(), Code> {
+        let payload = message.encode_to_vec();
+        let mut frame = Vec::with_capacity(5 + payload.len());
+        frame.push(0);
+        frame.extend_from_slice(
+            &u32::try_from(payload.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
+        frame.extend_from_slice(&payload);
+        let request = http::Request::post(format!("{}{path}", self.base))
+            .header("content-type", "application/grpc-web+proto")
+            .header("x-grpc-web", "1")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::from(frame)))
+            .map_err(|_| Code::Internal)?;
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|_| Code::Unavailable)?;
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|_| Code::Unavailable)?
+            .to_bytes();
+        grpc_web_outcome(&parts.headers, &body)
+    }
+}
+
+/// The gRPC status of a grpc-web response: from the headers of a
+/// trailers-only reply, else from the trailer frame (flag 0x80) that ends the
+/// body. A reply with neither is `Unknown`: never counted as a success.
+pub fn grpc_web_outcome(headers: &http::HeaderMap, mut body: &[u8]) -> Result<(), Code> {
+    let parse = |value: &[u8]| {
+        std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.trim().parse::<i32>().ok())
+            .map(Code::from_i32)
+    };
+    let mut status = headers.get("grpc-status").and_then(|v| parse(v.as_bytes()));
+    while let [flag, a, b, c, d, rest @ ..] = body {
+        let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+        let Some(data) = rest.get(..len) else { break };
+        if flag & 0x80 != 0 {
+            status = String::from_utf8_lossy(data)
+                .split("\r\n")
+                .find_map(|line| line.strip_prefix("grpc-status:"))
+                .and_then(|v| parse(v.as_bytes()));
+        }
+        body = &rest[len..];
+    }
+    match status {
+        Some(Code::Ok) => Ok(()),
+        Some(code) => Err(code),
+        None => Err(Code::Unknown),
+    }
 }
 
 async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<Channel> {
@@ -171,6 +262,16 @@ async fn call(
             .check(HealthCheckRequest::default())
             .await
             .map(drop),
+        Scenario::GrpcWebGetCase => {
+            return clients
+                .web
+                .call(
+                    "/casebook.cases.v1.CaseService/GetCase",
+                    &GetCaseRequest { name },
+                    token,
+                )
+                .await;
+        }
         Scenario::Mixed => Ok(()),
     };
     result.map_err(|status| status.code())
@@ -204,11 +305,20 @@ pub async fn seed(
     Ok(Fixture { users })
 }
 
+/// Where the scenarios send their calls.
+pub struct Targets {
+    /// auth-svc.
+    pub auth: std::net::SocketAddr,
+    /// case-svc.
+    pub cases: std::net::SocketAddr,
+    /// The gateway, over grpc-web.
+    pub web: WebClient,
+}
+
 /// Runs `scenario` for `duration` and returns every worker's samples.
 pub async fn run(
     scenario: Scenario,
-    auth_addr: std::net::SocketAddr,
-    case_addr: std::net::SocketAddr,
+    targets: &Targets,
     fixture: Arc<Fixture>,
     connections: usize,
     concurrency: usize,
@@ -216,11 +326,12 @@ pub async fn run(
 ) -> anyhow::Result<(Recorder, Duration)> {
     let mut pool = Vec::new();
     for _ in 0..connections.max(1) {
-        let (auth, cases) = (connect(auth_addr).await?, connect(case_addr).await?);
+        let (auth, cases) = (connect(targets.auth).await?, connect(targets.cases).await?);
         pool.push(Clients {
             auth: AuthServiceClient::new(auth.clone()),
             cases: CaseServiceClient::new(cases),
             health: HealthClient::new(auth),
+            web: targets.web.clone(),
         });
     }
     let started = Instant::now();
@@ -245,4 +356,48 @@ pub async fn run(
         total.merge(worker.await?);
     }
     Ok((total, started.elapsed()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(flag: u8, data: &[u8]) -> Vec<u8> {
+        let mut frame = vec![flag];
+        frame.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        frame.extend_from_slice(data);
+        frame
+    }
+
+    #[test]
+    fn grpc_web_status_comes_from_the_trailer_frame_or_the_headers() {
+        let none = http::HeaderMap::new();
+        let mut ok = frame(0, b"message");
+        ok.extend(frame(0x80, b"grpc-status:0\r\ngrpc-message:\r\n"));
+        assert_eq!(grpc_web_outcome(&none, &ok), Ok(()));
+
+        let not_found = frame(0x80, b"grpc-status: 5\r\n");
+        assert_eq!(grpc_web_outcome(&none, &not_found), Err(Code::NotFound));
+
+        let mut trailers_only = http::HeaderMap::new();
+        trailers_only.insert("grpc-status", "16".parse().unwrap());
+        assert_eq!(
+            grpc_web_outcome(&trailers_only, b""),
+            Err(Code::Unauthenticated)
+        );
+    }
+
+    #[test]
+    fn a_reply_without_a_status_is_never_a_success() {
+        let none = http::HeaderMap::new();
+        assert_eq!(
+            grpc_web_outcome(&none, &frame(0, b"message")),
+            Err(Code::Unknown)
+        );
+        assert_eq!(
+            grpc_web_outcome(&none, &[0, 0, 0, 9, 1]),
+            Err(Code::Unknown),
+            "truncated"
+        );
+    }
 }

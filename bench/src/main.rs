@@ -88,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::CreateCase,
             Scenario::UpdateCase,
             Scenario::Mixed,
+            Scenario::GrpcWebGetCase,
         ]
     } else {
         cli.scenarios.clone()
@@ -117,19 +118,22 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     rows.push(db.summarize("baseline: GetCase SQL via sqlx (database ceiling)", wall));
+    let targets = load::Targets {
+        auth: system.auth.addr,
+        cases: system.cases.addr,
+        web: load::WebClient::new(system.gateway.addr),
+    };
     let server_cpu = || {
-        system
-            .auth
-            .cpu_seconds()
-            .zip(system.cases.cpu_seconds())
-            .map(|(auth, cases)| auth + cases)
+        [&system.auth, &system.cases, &system.gateway]
+            .iter()
+            .map(|service| service.cpu_seconds())
+            .sum::<Option<f64>>()
     };
     for scenario in scenarios {
         let cpu_before = server_cpu();
         let (recorder, wall) = load::run(
             scenario,
-            system.auth.addr,
-            system.cases.addr,
+            &targets,
             Arc::clone(&fixture),
             cli.connections,
             cli.concurrency,

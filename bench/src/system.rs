@@ -67,6 +67,8 @@ pub struct System {
     pub auth: Service,
     /// case-svc.
     pub cases: Service,
+    /// The gateway in front of both (grpc-web scenarios).
+    pub gateway: Service,
     /// One token per seeded user.
     pub tokens: Vec<String>,
     /// The database, for the baseline.
@@ -127,39 +129,50 @@ impl System {
                 .await?;
             tokens.push(issuer.mint(&user, Duration::from_secs(3600)));
         }
-        let spawn = |binary: &str, addr_var: &str| -> anyhow::Result<Service> {
-            let addr = free_addr()?;
-            let path = options.bin_dir.join(binary);
-            let mut command = if options.server_cpus.is_empty() {
-                Command::new(&path)
-            } else {
-                let mut taskset = Command::new("taskset");
-                taskset.args(["-c", options.server_cpus]).arg(&path);
-                taskset
+        let spawn =
+            |binary: &str, addr_var: &str, extra: &[(&str, String)]| -> anyhow::Result<Service> {
+                let addr = free_addr()?;
+                let path = options.bin_dir.join(binary);
+                let mut command = if options.server_cpus.is_empty() {
+                    Command::new(&path)
+                } else {
+                    let mut taskset = Command::new("taskset");
+                    taskset.args(["-c", options.server_cpus]).arg(&path);
+                    taskset
+                };
+                let child = command
+                    .env(addr_var, addr.to_string())
+                    .env("BETTER_AUTH_URL", issuer.url())
+                    .env("DATABASE_URL", options.database_url)
+                    .env("JWT_CACHE_ENTRIES", options.cache_entries.to_string())
+                    .env(
+                        "MAX_CONCURRENT_CALLS",
+                        options.max_concurrent_calls.to_string(),
+                    )
+                    .env("RUST_LOG", "warn")
+                    .envs(extra.iter().map(|(k, v)| (k, v)))
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .with_context(|| format!("cannot start {}", path.display()))?;
+                Ok(Service { child, addr })
             };
-            let child = command
-                .env(addr_var, addr.to_string())
-                .env("BETTER_AUTH_URL", issuer.url())
-                .env("DATABASE_URL", options.database_url)
-                .env("JWT_CACHE_ENTRIES", options.cache_entries.to_string())
-                .env(
-                    "MAX_CONCURRENT_CALLS",
-                    options.max_concurrent_calls.to_string(),
-                )
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()
-                .with_context(|| format!("cannot start {}", path.display()))?;
-            Ok(Service { child, addr })
-        };
-        let auth = spawn("auth-svc", "AUTH_SVC_ADDR")?;
-        let cases = spawn("case-svc", "CASE_SVC_ADDR")?;
-        for service in [&auth, &cases] {
+        let auth = spawn("auth-svc", "AUTH_SVC_ADDR", &[])?;
+        let cases = spawn("case-svc", "CASE_SVC_ADDR", &[])?;
+        let gateway = spawn(
+            "gateway",
+            "GATEWAY_ADDR",
+            &[
+                ("AUTH_SVC_URL", format!("http://{}", auth.addr)),
+                ("CASE_SVC_URL", format!("http://{}", cases.addr)),
+            ],
+        )?;
+        for service in [&auth, &cases, &gateway] {
             wait_serving(service.addr).await?;
         }
         Ok(Self {
             auth,
             cases,
+            gateway,
             tokens,
             db,
             _issuer: issuer,

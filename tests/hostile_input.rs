@@ -23,7 +23,7 @@ const CREATE: &str = "/casebook.cases.v1.CaseService/CreateCase";
 
 /// `[[[ … "bottom" … ]]]`, `levels` arrays deep.
 fn nested(levels: usize) -> Value {
-    (0..levels).fold(json!("bottom"), |inner, _| json!([inner]))
+    (0..levels).fold(json!("bottom"), |inner, _| Value::Array(vec![inner]))
 }
 
 fn case(description: String) -> CreateCaseRequest {

@@ -138,7 +138,8 @@ mod tests {
     fn depth_counts_containers_not_scalars() {
         assert_eq!(depth(&serde_json::json!("text")), 0);
         assert_eq!(depth(&serde_json::json!({"a": [1, {"b": []}]})), 4);
-        let deep = (0..10_000).fold(serde_json::json!(1), |inner, _| serde_json::json!([inner]));
+        // Built directly: `json!` would serialize the inner value again at every level.
+        let deep = (0..10_000).fold(serde_json::json!(1), |inner, _| Value::Array(vec![inner]));
         assert_eq!(depth(&deep), 10_000, "iterative: no stack overflow");
         // serde_json's recursive Drop would overflow on this value; unwind it by hand.
         let mut value = deep;

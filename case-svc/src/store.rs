@@ -223,6 +223,10 @@ macro_rules! run {
     };
 }
 
+/// How many writers may race for one case before an update without an etag
+/// gives up with ABORTED.
+const UNCONDITIONAL_ATTEMPTS: usize = 32;
+
 /// Columns every case query returns, normalised to text where types differ.
 const COLUMNS: &str = "id::text AS id, user_id, title, description, status::text AS status, \
      type::text AS type, version, created_at, updated_at, deleted_at, purge_at";
@@ -504,7 +508,9 @@ impl CaseStore {
     /// The shape of every write: read the row, check its state and the
     /// caller's etag, then write on condition that the version read is still
     /// current. A caller without an etag asked for no condition, so losing a
-    /// race to another writer means reading again (a few times), not ABORTED.
+    /// race to another writer means reading again, not ABORTED. Every round
+    /// has a winner, so a writer loses at most as many rounds as there are
+    /// writers racing for the same case: [`UNCONDITIONAL_ATTEMPTS`] of them.
     async fn write_if(
         &self,
         owner: &UserId,
@@ -514,8 +520,7 @@ impl CaseStore {
         statement: &Sql,
         args: impl Fn(&CaseRow) -> Vec<Arg>,
     ) -> Result<Write, StoreError> {
-        const ATTEMPTS: usize = 5;
-        for _ in 0..ATTEMPTS {
+        for _ in 0..UNCONDITIONAL_ATTEMPTS {
             let Some(current) = self.get(owner, id).await? else {
                 return Ok(Write::NotFound);
             };
@@ -538,6 +543,8 @@ impl CaseStore {
             if expected.is_some() {
                 return Ok(Write::Conflict);
             }
+            // Let the round's winner finish before reading again.
+            tokio::task::yield_now().await;
         }
         Ok(Write::Conflict)
     }

@@ -33,6 +33,22 @@ pub fn with_reason_and_metadata(
     )
 }
 
+/// The status for a failed database call: `UNAVAILABLE` (reason
+/// `DATABASE_UNAVAILABLE`) when the database is down or too busy and a retry
+/// may succeed ([`crate::db::is_transient`]), else `INTERNAL`. `what` names
+/// the store for the caller ("the case store").
+pub fn database(error: &sqlx::Error, what: &str) -> Status {
+    if crate::db::is_transient(error) {
+        with_reason(
+            Code::Unavailable,
+            "DATABASE_UNAVAILABLE",
+            format!("{what} is unavailable; try again shortly"),
+        )
+    } else {
+        with_reason(Code::Internal, "INTERNAL", "internal error")
+    }
+}
+
 /// `INVALID_ARGUMENT` with a `BadRequest` naming each bad field, and an
 /// `ErrorInfo` with reason `INVALID_ARGUMENT`.
 pub fn invalid_argument(violations: Vec<FieldViolation>) -> Status {

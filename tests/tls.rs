@@ -10,7 +10,7 @@ use casebook::pb::casebook::auth::v1::{
     User, WhoAmIRequest, auth_service_client::AuthServiceClient,
 };
 use clap::Parser as _;
-use common::{AuthSvc, CaseSvc, TestCa, TestEnv, bearer, grpc_web_tls, https1};
+use common::{AuthSvc, CaseSvc, TestCa, TestEnv, bearer, grpc_web_tls, https1, start_gateway};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use tonic::Code;
@@ -66,21 +66,9 @@ async fn the_gateway_serves_browsers_over_tls_and_calls_upstreams_over_tls() {
     let auth_url = format!("https://localhost:{}", auth.addr().port());
     let case_url = format!("https://localhost:{}", cases.addr().port());
     let ca_file = ca.path("ca.pem");
-    let mut args = vec![
-        "gateway",
-        "--listen-addr",
-        "127.0.0.1:0",
-        "--auth-svc-url",
-        &auth_url,
-        "--case-svc-url",
-        &case_url,
-        "--upstream-tls-ca-file",
-        &ca_file,
-    ];
-    args.extend(flags(&tls));
-    let gateway = gateway::build(gateway::Config::try_parse_from(args).unwrap())
-        .await
-        .unwrap();
+    let mut extra = vec!["--upstream-tls-ca-file", &ca_file];
+    extra.extend(flags(&tls));
+    let gateway = start_gateway(&auth_url, &case_url, &extra).await;
     let token = env.user("bob").await;
 
     // grpc-web over HTTP/1.1 and TLS, as a browser or an HTTP/1.1 proxy sends it.
@@ -116,18 +104,7 @@ async fn the_gateway_refuses_an_upstream_certificate_it_does_not_trust() {
     let auth_url = format!("https://localhost:{}", auth.addr().port());
     // No UPSTREAM_TLS_CA_FILE: only the system's roots, which never signed
     // the test CA's certificate. The gateway must not fall back to plaintext.
-    let gateway = gateway::build(
-        gateway::Config::try_parse_from([
-            "gateway",
-            "--listen-addr",
-            "127.0.0.1:0",
-            "--auth-svc-url",
-            &auth_url,
-        ])
-        .unwrap(),
-    )
-    .await
-    .unwrap();
+    let gateway = start_gateway(&auth_url, "http://127.0.0.1:1", &[]).await;
     let status = AuthServiceClient::connect(format!("http://{}", gateway.local_addr()))
         .await
         .unwrap()

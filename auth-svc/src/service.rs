@@ -49,15 +49,7 @@ impl AuthService for AuthApi {
         let principal = Principal::of(&request)?;
         let user = self.users.find(&principal.user_id).await.map_err(|error| {
             tracing::error!(%error, "user lookup failed");
-            if casebook::db::is_transient(&error) {
-                rpc_error::with_reason(
-                    Code::Unavailable,
-                    "DATABASE_UNAVAILABLE",
-                    "the user directory is unavailable; try again shortly",
-                )
-            } else {
-                rpc_error::with_reason(Code::Internal, "INTERNAL", "internal error")
-            }
+            rpc_error::database(&error, "the user directory")
         })?;
         match user {
             Some(user) => Ok(Response::new(convert::user(user))),

@@ -90,15 +90,7 @@ fn store_error(error: StoreError) -> RpcStatus {
         ),
         StoreError::Database(error) => {
             tracing::error!(%error, "case store failed");
-            if casebook::db::is_transient(&error) {
-                rpc_error::with_reason(
-                    Code::Unavailable,
-                    "DATABASE_UNAVAILABLE",
-                    "the case store is unavailable; try again shortly",
-                )
-            } else {
-                rpc_error::with_reason(Code::Internal, "INTERNAL", "internal error")
-            }
+            rpc_error::database(&error, "the case store")
         }
     }
 }

@@ -778,6 +778,23 @@ fn decode_grpc_web(parts: http::response::Parts, body: Bytes, text: bool) -> Grp
     }
 }
 
+/// A gateway on an ephemeral port in front of the given upstream URLs.
+pub async fn start_gateway(auth_url: &str, case_url: &str, extra: &[&str]) -> gateway::Gateway {
+    let mut args = vec![
+        "gateway",
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--auth-svc-url",
+        auth_url,
+        "--case-svc-url",
+        case_url,
+    ];
+    args.extend_from_slice(extra);
+    gateway::build(gateway::Config::try_parse_from(args).unwrap())
+        .await
+        .unwrap()
+}
+
 /// The whole system behind a gateway: auth-svc and `case_replicas` case-svc
 /// processes sharing one environment.
 pub struct GatewayStack {
@@ -801,21 +818,9 @@ impl GatewayStack {
             .collect::<Vec<_>>()
             .join(",");
         let auth_url = format!("http://{}", auth.addr());
-        let mut args = vec![
-            "gateway",
-            "--listen-addr",
-            "127.0.0.1:0",
-            "--auth-svc-url",
-            &auth_url,
-            "--case-svc-url",
-            &case_urls,
-            "--cors-allowed-origins",
-            "http://app.test",
-        ];
-        args.extend_from_slice(gateway_extra);
-        let gateway = gateway::build(gateway::Config::try_parse_from(args).unwrap())
-            .await
-            .unwrap();
+        let mut extra = vec!["--cors-allowed-origins", "http://app.test"];
+        extra.extend_from_slice(gateway_extra);
+        let gateway = start_gateway(&auth_url, &case_urls, &extra).await;
         Self {
             gateway,
             auth,

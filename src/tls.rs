@@ -113,7 +113,7 @@ impl ServerTls {
         listener: TcpListener,
     ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
         let (ready, stream) = tokio::sync::mpsc::channel(ACCEPT_BACKLOG);
-        let acceptor = self.acceptor.clone();
+        let tls = self.clone();
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -131,15 +131,13 @@ impl ServerTls {
                     }
                 };
                 let _ = socket.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                let ready = ready.clone();
+                let (tls, ready) = (tls.clone(), ready.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
-                        Ok(Ok(stream)) => {
+                    match tls.accept(socket).await {
+                        Ok(stream) => {
                             let _ = ready.send(Ok(stream)).await;
                         }
-                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        Err(error) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                     }
                 });
             }

@@ -13,7 +13,11 @@ use casebook::{
     db::{Database, Pool},
 };
 
-use crate::{load::Fixture, stats::Recorder};
+use crate::{
+    closed_loop::{self, Worker},
+    load::Fixture,
+    stats::Recorder,
+};
 
 /// GetCase's query, exactly as case-svc sends it on PostgreSQL.
 const GET_CASE: &str = "SELECT id::text AS id, user_id, title, description, status::text AS status, type::text AS type, version, created_at, updated_at, deleted_at, purge_at FROM cases WHERE id = $1::uuid AND user_id = $2";
@@ -29,39 +33,37 @@ pub async fn database(
     let Pool::Postgres(pool) = db.pool() else {
         anyhow::bail!("the database baseline is defined for PostgreSQL");
     };
-    let started = Instant::now();
-    let deadline = started + duration;
-    let mut workers = Vec::new();
-    for worker in 0..concurrency.max(1) {
-        let (pool, fixture, user_ids) = (pool.clone(), Arc::clone(&fixture), Arc::clone(&user_ids));
-        workers.push(tokio::spawn(async move {
-            let mut recorder = Recorder::default();
-            let mut i = worker;
-            while Instant::now() < deadline {
-                i = i.wrapping_mul(31).wrapping_add(7);
-                let user = i % fixture.users.len().max(1);
-                let names = &fixture.users[user].1;
-                let id = names[i % names.len().max(1)]
-                    .trim_start_matches("cases/")
-                    .to_owned();
-                let begun = Instant::now();
-                let outcome = sqlx::query(GET_CASE)
-                    .bind(id)
-                    .bind(&user_ids[user])
-                    .fetch_optional(&pool)
-                    .await
-                    .map(drop)
-                    .map_err(|_| tonic::Code::Unavailable);
-                recorder.record(begun.elapsed(), outcome);
-            }
-            recorder
-        }));
+    let workers = (0..concurrency.max(1)).map(|worker| SqlWorker {
+        pool: pool.clone(),
+        fixture: Arc::clone(&fixture),
+        user_ids: Arc::clone(&user_ids),
+        i: worker,
+    });
+    closed_loop::run(workers, duration).await
+}
+
+/// A worker sending GetCase's SQL for cases picked by a cheap sequence.
+struct SqlWorker {
+    pool: sqlx::PgPool,
+    fixture: Arc<Fixture>,
+    user_ids: Arc<Vec<String>>,
+    i: usize,
+}
+
+impl Worker for SqlWorker {
+    async fn call(&mut self) -> Result<(), tonic::Code> {
+        self.i = self.i.wrapping_mul(31).wrapping_add(7);
+        let user = self.i % self.fixture.users.len().max(1);
+        let names = &self.fixture.users[user].1;
+        let id = names[self.i % names.len().max(1)].trim_start_matches("cases/");
+        sqlx::query(GET_CASE)
+            .bind(id)
+            .bind(&self.user_ids[user])
+            .fetch_optional(&self.pool)
+            .await
+            .map(drop)
+            .map_err(|_| tonic::Code::Unavailable)
     }
-    let mut total = Recorder::default();
-    for worker in workers {
-        total.merge(worker.await?);
-    }
-    Ok((total, started.elapsed()))
 }
 
 /// The crypto ceiling: raw Ed25519 verifications per second on one core.

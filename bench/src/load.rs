@@ -4,10 +4,7 @@
 //! scenario goes through the gateway as a browser on plain HTTP does: one
 //! HTTP/1.1 request per call, on keep-alive connections from a pool.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use casebook::pb::casebook::{
@@ -26,7 +23,10 @@ use prost::Message;
 use tonic::{Code, Request, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::stats::Recorder;
+use crate::{
+    closed_loop::{self, Worker},
+    stats::Recorder,
+};
 
 /// What a worker does on each call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -334,28 +334,33 @@ pub async fn run(
             web: targets.web.clone(),
         });
     }
-    let started = Instant::now();
-    let deadline = started + duration;
-    let mut workers = Vec::new();
-    for worker in 0..concurrency.max(1) {
-        let mut clients = pool[worker % pool.len()].clone();
-        let fixture = Arc::clone(&fixture);
-        workers.push(tokio::spawn(async move {
-            let mut recorder = Recorder::default();
-            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (worker as u64 + 1));
-            while Instant::now() < deadline {
-                let begun = Instant::now();
-                let outcome = call(scenario, &mut clients, &fixture, &mut rng).await;
-                recorder.record(begun.elapsed(), outcome);
-            }
-            recorder
-        }));
+    let workers = (0..concurrency.max(1)).map(|worker| ScenarioWorker {
+        scenario,
+        clients: pool[worker % pool.len()].clone(),
+        fixture: Arc::clone(&fixture),
+        rng: Rng(0x9E37_79B9_7F4A_7C15 ^ (worker as u64 + 1)),
+    });
+    closed_loop::run(workers, duration).await
+}
+
+/// A worker of one scenario, with its own clients and random sequence.
+struct ScenarioWorker {
+    scenario: Scenario,
+    clients: Clients,
+    fixture: Arc<Fixture>,
+    rng: Rng,
+}
+
+impl Worker for ScenarioWorker {
+    async fn call(&mut self) -> Result<(), Code> {
+        call(
+            self.scenario,
+            &mut self.clients,
+            &self.fixture,
+            &mut self.rng,
+        )
+        .await
     }
-    let mut total = Recorder::default();
-    for worker in workers {
-        total.merge(worker.await?);
-    }
-    Ok((total, started.elapsed()))
 }
 
 #[cfg(test)]

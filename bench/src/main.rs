@@ -5,6 +5,7 @@
 //! gRPC code as a markdown table and JSON. Loads go to 127.0.0.1 only.
 
 mod baseline;
+mod closed_loop;
 mod load;
 mod stats;
 mod system;
@@ -44,9 +45,10 @@ struct Cli {
     #[arg(long, default_value = "")]
     server_cpus: String,
     /// MAX_CONCURRENT_CALLS for the services: set it below --concurrency to
-    /// measure overload (refusals and the admitted calls' latency).
-    #[arg(long, default_value_t = 1024)]
-    max_concurrent_calls: usize,
+    /// measure overload (refusals and the admitted calls' latency). Unset:
+    /// the services' own default.
+    #[arg(long)]
+    max_concurrent_calls: Option<usize>,
     /// Verified tokens the services remember (0: every call verifies).
     #[arg(long, default_value_t = 10_000)]
     cache_entries: usize,
@@ -68,7 +70,7 @@ struct Report {
     duration_secs: f64,
     server_cpus: String,
     cache_entries: usize,
-    max_concurrent_calls: usize,
+    max_concurrent_calls: Option<usize>,
     eddsa_raw_verifies_per_sec: f64,
     rss_mib_idle: Option<(f64, f64)>,
     rss_mib_max_under_load: Option<(f64, f64)>,
@@ -164,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
         cli.server_cpus,
         cli.cache_entries,
         cli.max_concurrent_calls
+            .map_or("default".to_owned(), |n| n.to_string())
     );
     println!("{}", Summary::HEADER);
     for row in &rows {

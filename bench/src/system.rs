@@ -106,8 +106,8 @@ pub struct Options<'a> {
     pub server_cpus: &'a str,
     /// JWT_CACHE_ENTRIES for the services.
     pub cache_entries: usize,
-    /// MAX_CONCURRENT_CALLS for the services.
-    pub max_concurrent_calls: usize,
+    /// MAX_CONCURRENT_CALLS for the services (`None`: their default).
+    pub max_concurrent_calls: Option<usize>,
     /// Users to seed.
     pub users: usize,
 }
@@ -145,9 +145,10 @@ impl System {
                     .env("BETTER_AUTH_URL", issuer.url())
                     .env("DATABASE_URL", options.database_url)
                     .env("JWT_CACHE_ENTRIES", options.cache_entries.to_string())
-                    .env(
-                        "MAX_CONCURRENT_CALLS",
-                        options.max_concurrent_calls.to_string(),
+                    .envs(
+                        options
+                            .max_concurrent_calls
+                            .map(|n| ("MAX_CONCURRENT_CALLS", n.to_string())),
                     )
                     .env("RUST_LOG", "warn")
                     .envs(extra.iter().map(|(k, v)| (k, v)))

@@ -75,19 +75,7 @@ pub struct ServerTls {
 impl ServerTls {
     /// Reads a PEM certificate chain and its private key.
     pub fn from_files(cert_file: &Path, key_file: &Path) -> Result<Self, ConfigError> {
-        let read = |setting: &str, path: &Path| {
-            std::fs::read(path)
-                .map_err(|e| ConfigError(format!("cannot read {setting} {}: {e}", path.display())))
-        };
-        let chain = CertificateDer::pem_slice_iter(&read("TLS_CERT_FILE", cert_file)?)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ConfigError(format!("TLS_CERT_FILE is not a PEM certificate: {e}")))?;
-        if chain.is_empty() {
-            return Err(ConfigError(format!(
-                "TLS_CERT_FILE {} holds no certificate",
-                cert_file.display()
-            )));
-        }
+        let (_, chain) = read_certificates("TLS_CERT_FILE", cert_file)?;
         let key = PrivateKeyDer::from_pem_slice(&read("TLS_KEY_FILE", key_file)?)
             .map_err(|e| ConfigError(format!("TLS_KEY_FILE is not a PEM private key: {e}")))?;
         let mut config = ServerConfig::builder()
@@ -153,6 +141,31 @@ impl ServerTls {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
             })?
     }
+}
+
+fn read(setting: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path)
+        .map_err(|e| ConfigError(format!("cannot read {setting} {}: {e}", path.display())))
+}
+
+/// Reads the PEM certificates in the file `setting` names: the PEM text and
+/// the certificates it holds. A file holding none is refused here, at start,
+/// rather than leaving a TLS peer that trusts or presents nothing.
+pub fn read_certificates(
+    setting: &str,
+    path: &Path,
+) -> Result<(Vec<u8>, Vec<CertificateDer<'static>>), ConfigError> {
+    let pem = read(setting, path)?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError(format!("{setting} is not a PEM certificate: {e}")))?;
+    if certificates.is_empty() {
+        return Err(ConfigError(format!(
+            "{setting} {} holds no certificate",
+            path.display()
+        )));
+    }
+    Ok((pem, certificates))
 }
 
 /// A certificate verifier for the `healthcheck` probe alone. The probe runs

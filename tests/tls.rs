@@ -168,9 +168,29 @@ async fn bad_tls_settings_stop_the_start_and_name_the_setting() {
         let error = auth_svc::build(config).await.err().expect("start refused");
         assert!(error.to_string().contains(expected), "{error}");
     }
+    let upstream =
+        start_gateway_config("https://localhost:1", &["--upstream-tls-ca-file", &not_pem]);
+    let error = gateway::build(upstream).await.err().expect("start refused");
+    let message = error.to_string();
+    assert!(
+        message.contains("UPSTREAM_TLS_CA_FILE") && message.contains("holds no certificate"),
+        "{message}"
+    );
     let alone = auth_svc::Config::try_parse_from(["auth-svc", "--tls-cert-file", &cert]);
     assert!(
         alone.is_err(),
         "a certificate without its key is refused by the parser"
     );
+}
+
+fn start_gateway_config(auth_url: &str, extra: &[&str]) -> gateway::Config {
+    let mut args = vec![
+        "gateway",
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--auth-svc-url",
+        auth_url,
+    ];
+    args.extend_from_slice(extra);
+    gateway::Config::try_parse_from(args).unwrap()
 }

@@ -86,12 +86,9 @@ pub async fn build(config: Config) -> Result<Gateway, StartError> {
     };
     let roots = match &config.upstream_tls_ca_file {
         None => UpstreamRoots::System,
-        Some(path) => UpstreamRoots::Bundle(std::fs::read(path).map_err(|e| {
-            StartError::Config(casebook::config::ConfigError(format!(
-                "cannot read UPSTREAM_TLS_CA_FILE {}: {e}",
-                path.display()
-            )))
-        })?),
+        Some(path) => {
+            UpstreamRoots::Bundle(casebook::tls::read_certificates("UPSTREAM_TLS_CA_FILE", path)?.0)
+        }
     };
     let auth = Upstream::new(
         <AuthRoute as forward::Route>::NAME,

@@ -141,13 +141,10 @@ impl Upstream {
             if let Some(tls) = &tls {
                 // Builds the connector once now, so unreadable CAs or a host
                 // that is no TLS server name fail at start, not per call.
-                Endpoint::from_shared(format!(
-                    "https://{}",
-                    uri.authority().map_or(host.as_str(), |a| a.as_str())
-                ))
-                .map_err(|e| invalid(url, &e.to_string()))?
-                .tls_config(tls.clone())
-                .map_err(|e| invalid(url, &format!("TLS: {}", error_chain(&e))))?;
+                Endpoint::from_shared(url.to_owned())
+                    .map_err(|e| invalid(url, &e.to_string()))?
+                    .tls_config(tls.clone())
+                    .map_err(|e| invalid(url, &format!("TLS: {}", error_chain(&e))))?;
             }
             targets.push(Target { host, port, tls });
         }

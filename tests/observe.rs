@@ -210,6 +210,15 @@ async fn at_four_times_the_limit_the_excess_is_refused_while_admitted_calls_comp
         "0s",
     ])
     .await;
+    // The first key set must be in before the JWKS changes, or a call could
+    // join that first fetch and miss the key published below.
+    let addr = app.addr();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            casebook::server::check_health(addr, false).await.is_ok()
+        })
+        .await
+    );
     // A key the service has not seen yet: calls signed with it wait on a slow
     // refetch (holding their slots), which then finds it published.
     let late = SigningKey::generate(Algorithm::EdDsa, "late").unwrap();

@@ -41,7 +41,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 async fn run() {
-    let stack = GatewayStack::start(1, &[]).await;
+    let stack = GatewayStack::start(1, |_| {}).await;
     let token = stack.env.user("bench").await;
     let mut direct = client(stack.cases[0].addr()).await;
     let mut via_gateway = client(stack.addr()).await;

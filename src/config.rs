@@ -27,6 +27,15 @@ pub fn duration(text: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(text)
 }
 
+/// A configuration with every setting at its declared default, read from
+/// neither the command line nor the environment: tests and embedders start
+/// from this value and set fields, so an exported variable cannot change them.
+pub fn defaults<C: clap::Parser>() -> Result<C, clap::Error> {
+    let command = C::command().mut_args(|arg| arg.env(None));
+    let matches = command.try_get_matches_from([C::command().get_name().to_owned()])?;
+    C::from_arg_matches(&matches)
+}
+
 /// Where tokens come from and what they must satisfy.
 #[derive(Args, Clone, Debug)]
 pub struct AuthArgs {
@@ -171,6 +180,30 @@ pub struct DatabaseArgs {
     pub database_acquire_timeout: Duration,
 }
 
+/// `DatabaseArgs` alone, to read its defaults.
+#[derive(clap::Parser)]
+struct DatabaseOnly {
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+impl DatabaseArgs {
+    /// The default pool settings, for `url`: how tools and the stack open a
+    /// database exactly as the services do.
+    pub fn for_url(url: &str) -> Result<Self, clap::Error> {
+        let mut args = defaults::<DatabaseOnly>()?.database;
+        url.clone_into(&mut args.database_url);
+        Ok(args)
+    }
+}
+
+/// `ServerArgs` alone, to read its defaults.
+#[derive(clap::Parser)]
+struct ServerOnly {
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
 /// How the gRPC listener behaves.
 #[derive(Args, Clone, Debug)]
 pub struct ServerArgs {
@@ -180,9 +213,30 @@ pub struct ServerArgs {
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "GRPC_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
     pub grpc_max_message_bytes: usize,
-    /// Calls in flight beyond which new calls are refused at once (RESOURCE_EXHAUSTED).
+    /// Unary calls in flight beyond which new ones are refused at once (RESOURCE_EXHAUSTED).
     #[arg(long, env = "MAX_CONCURRENT_CALLS", default_value_t = 1024)]
     pub max_concurrent_calls: usize,
+    /// Long-lived streams (watches, reflection) open at once, separate from unary calls.
+    #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
+    pub max_concurrent_streams: usize,
+    /// Long-lived streams one connection may hold open.
+    #[arg(long, env = "MAX_STREAMS_PER_CONNECTION", default_value_t = 100)]
+    pub max_streams_per_connection: usize,
+    /// Concurrent HTTP/2 streams (calls of any kind) on one connection.
+    #[arg(long, env = "HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
+    pub http2_max_concurrent_streams: u32,
+    /// Open connections per listener (gRPC and metrics each); more are closed at once.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// TLS handshakes in progress per listener; more are closed at once.
+    #[arg(long, env = "MAX_TLS_HANDSHAKES", default_value_t = 64)]
+    pub max_tls_handshakes: usize,
+    /// Largest request header block, in bytes (HTTP/1.1 and HTTP/2; at least 8192).
+    #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+    /// Time a client has to send a request's headers (HTTP/1.1).
+    #[arg(long, env = "HEADER_READ_TIMEOUT", value_parser = duration, default_value = "10s")]
+    pub header_read_timeout: Duration,
     /// Where to serve Prometheus metrics (GET /metrics); unset: not served.
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -195,6 +249,42 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
+    /// Every listener setting at its default.
+    pub fn defaults() -> Result<Self, clap::Error> {
+        Ok(defaults::<ServerOnly>()?.server)
+    }
+
+    /// Refuses limits the listener cannot honour.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_header_bytes < crate::listener::MIN_HEADER_BYTES {
+            return Err(ConfigError(format!(
+                "MAX_HEADER_BYTES must be at least {}",
+                crate::listener::MIN_HEADER_BYTES
+            )));
+        }
+        Ok(())
+    }
+
+    /// The admission limits these settings give.
+    pub fn admission_limits(&self) -> crate::observe::AdmissionLimits {
+        crate::observe::AdmissionLimits {
+            max_concurrent_calls: self.max_concurrent_calls,
+            max_concurrent_streams: self.max_concurrent_streams,
+        }
+    }
+
+    /// The per-listener limits these settings give.
+    pub fn connection_limits(&self) -> crate::listener::ConnectionLimits {
+        crate::listener::ConnectionLimits {
+            max_connections: self.max_connections,
+            max_tls_handshakes: self.max_tls_handshakes,
+            max_header_bytes: self.max_header_bytes,
+            header_read_timeout: self.header_read_timeout,
+            max_streams_per_connection: self.http2_max_concurrent_streams,
+            max_long_streams_per_connection: self.max_streams_per_connection,
+        }
+    }
+
     /// The CORS origins as header values, each validated.
     pub fn cors_origins(&self) -> Result<Vec<HeaderValue>, ConfigError> {
         self.cors_allowed_origins

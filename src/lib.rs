@@ -5,15 +5,17 @@
 //! - [`server`]: the bootstrap every service starts through (reflection, health,
 //!   grpc-web + CORS, limits, graceful shutdown);
 //! - [`db`]: database connections and Better Auth's user read model;
-//! - [`observe`], [`metrics`]: request ids, the concurrency limit, per-call
-//!   logs and Prometheus metrics;
-//! - [`tls`]: optional TLS on every listener;
+//! - [`observe`], [`metrics`], [`methods`]: request ids, admission limits,
+//!   per-call logs and Prometheus metrics, by registered method;
+//! - [`listener`], [`tls`]: bounded connections on every listener, optional TLS;
 //! - [`config`], [`telemetry`], [`rpc_error`], [`wkt`]: settings, logs, error
 //!   details and protobuf well-known type conversions.
 
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod listener;
+pub mod methods;
 pub mod metrics;
 pub mod observe;
 pub mod pb;

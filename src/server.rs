@@ -8,19 +8,38 @@
 //! shutdown starts), reflection v1 and v1alpha (grpcurl 1.8 speaks only the
 //! latter) and graceful shutdown bounded by a grace period.
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, time::Duration};
+use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{HeaderName, HeaderValue, Method};
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tonic::{
-    server::NamedService,
-    service::RoutesBuilder,
-    transport::{Server, server::TcpIncoming},
+use tokio::{
+    net::TcpListener,
+    sync::oneshot,
+    task::{JoinHandle, JoinSet},
 };
+use tonic::{server::NamedService, service::RoutesBuilder};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::{auth::AuthLayer, config::ServerArgs, tls::ServerTls};
+use crate::{
+    auth::AuthLayer,
+    config::ServerArgs,
+    listener::Listener,
+    methods::Methods,
+    metrics::{Metrics, ServerMetrics},
+    observe::{AdmissionLayer, RecordLayer, RequestIdLayer},
+    tls::ServerTls,
+};
+
+/// The health service every server answers.
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+/// Every descriptor set compiled in: ours, health's and reflection's.
+const DESCRIPTOR_SETS: [&[u8]; 4] = [
+    crate::pb::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
 
 /// Request headers a grpc-web client sends.
 const CORS_ALLOWED_HEADERS: [&str; 5] = [
@@ -42,9 +61,9 @@ pub enum ServeError {
     /// The listener failed.
     #[error("cannot read the listener's address: {0}")]
     Io(#[from] std::io::Error),
-    /// The transport failed while serving.
-    #[error("gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
+    /// A compiled-in descriptor set is broken (a build bug).
+    #[error(transparent)]
+    Descriptors(#[from] crate::methods::DescriptorError),
     /// In-flight calls outlived the shutdown grace period.
     #[error("in-flight calls did not finish within {0:?}; stopped anyway")]
     GraceExceeded(Duration),
@@ -97,24 +116,34 @@ pub struct GrpcServer {
     service_names: Vec<&'static str>,
     health: HealthReporter,
     tls: Option<ServerTls>,
+    metrics: ServerMetrics,
 }
 
 impl GrpcServer {
-    /// A server whose services all sit behind `auth`.
-    pub fn new(options: &ServerArgs, auth: AuthLayer) -> Result<Self, crate::config::ConfigError> {
-        Self::with_auth(options, Some(auth))
+    /// A server whose services all sit behind `auth`, recording in `metrics`.
+    pub fn new(
+        options: &ServerArgs,
+        metrics: ServerMetrics,
+        auth: AuthLayer,
+    ) -> Result<Self, crate::config::ConfigError> {
+        Self::with_auth(options, metrics, Some(auth))
     }
 
     /// A server that authenticates nothing itself: only for a proxy whose
     /// upstreams authenticate every call they receive (the gateway).
-    pub fn without_auth(options: &ServerArgs) -> Result<Self, crate::config::ConfigError> {
-        Self::with_auth(options, None)
+    pub fn without_auth(
+        options: &ServerArgs,
+        metrics: ServerMetrics,
+    ) -> Result<Self, crate::config::ConfigError> {
+        Self::with_auth(options, metrics, None)
     }
 
     fn with_auth(
         options: &ServerArgs,
+        metrics: ServerMetrics,
         auth: Option<AuthLayer>,
     ) -> Result<Self, crate::config::ConfigError> {
+        options.validate()?;
         let (health, health_service) = tonic_health::server::health_reporter();
         let mut routes = RoutesBuilder::default();
         routes.add_service(health_service);
@@ -126,6 +155,7 @@ impl GrpcServer {
             routes,
             service_names: Vec::new(),
             health,
+            metrics,
         })
     }
 
@@ -151,6 +181,7 @@ impl GrpcServer {
     /// Serves on `listener`. Health turns SERVING when `ready` resolves (for
     /// example once the first JWKS is loaded), so the process can start while
     /// a dependency is still down without receiving traffic it would fail.
+    /// `ready` runs as a task the server owns: shutdown stops it.
     pub async fn serve(
         mut self,
         listener: TcpListener,
@@ -159,6 +190,13 @@ impl GrpcServer {
         let local_addr = listener.local_addr()?;
         let (v1, v1alpha) = reflection()?;
         self.routes.add_service(v1).add_service(v1alpha);
+        let mut registered = self.service_names.clone();
+        registered.extend([
+            HEALTH_SERVICE,
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ]);
+        let methods = Arc::new(Methods::new(&registered, &DESCRIPTOR_SETS)?);
 
         let cors = CorsLayer::new()
             .allow_origin(AllowOrigin::list(self.cors_origins))
@@ -166,21 +204,29 @@ impl GrpcServer {
             .allow_headers(CORS_ALLOWED_HEADERS.map(HeaderName::from_static))
             .expose_headers(CORS_EXPOSED_HEADERS.map(HeaderName::from_static))
             .max_age(Duration::from_secs(600));
-        let router = Server::builder()
-            .accept_http1(true)
-            .http2_max_header_list_size(64 * 1024)
+        // Outermost first; see `observe` for why each layer sits where it does.
+        let service = tower::ServiceBuilder::new()
+            // Answers browser preflights before anything else looks at them.
             .layer(cors)
+            // grpc-web becomes plain gRPC, so everything inside sees one protocol.
             .layer(tonic_web::GrpcWebLayer::new())
-            .layer(crate::observe::ObserveLayer::new(
-                self.options.max_concurrent_calls,
+            .layer(RequestIdLayer)
+            .layer(RecordLayer::new(Arc::clone(&methods), self.metrics.clone()))
+            .layer(tower::util::MapResponseLayer::new(
+                crate::observe::restate_decode_errors,
             ))
-            .layer(tower::util::option_layer(self.auth))
-            .add_routes(self.routes.routes());
+            .layer(AdmissionLayer::new(
+                self.options.admission_limits(),
+                self.metrics.clone(),
+            ))
+            .option_layer(self.auth)
+            .service(self.routes.routes().prepare());
 
         set_status(&self.health, &self.service_names, ServingStatus::NotServing).await;
+        let mut tasks = JoinSet::new();
         let health = self.health.clone();
         let names = self.service_names.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             ready.await;
             set_status(&health, &names, ServingStatus::Serving).await;
             tracing::info!(services = ?names, "serving");
@@ -191,22 +237,18 @@ impl GrpcServer {
         let stopped = async {
             let _ = stopped.await;
         };
-        let task = match &self.tls {
-            Some(tls) => {
-                tokio::spawn(router.serve_with_incoming_shutdown(tls.incoming(listener), stopped))
-            }
-            None => {
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
-            }
-        };
-        tracing::info!(%local_addr, tls = self.tls.is_some(), "listening");
+        let tls = self.tls.is_some();
+        let listening = Listener::new(listener, self.tls, self.options.connection_limits(), "grpc");
+        let task = tokio::spawn(listening.serve(service, stopped));
+        tracing::info!(%local_addr, tls, "listening");
         Ok(RunningServer {
             local_addr,
             health: self.health,
             service_names: self.service_names,
+            metrics: self.metrics,
             stop,
             task,
+            tasks,
             grace: self.options.shutdown_grace,
         })
     }
@@ -223,14 +265,8 @@ fn reflection() -> Result<
     ),
     tonic_reflection::server::Error,
 > {
-    let sets: [&[u8]; 4] = [
-        crate::pb::FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-    ];
     let builder = || {
-        sets.iter().fold(
+        DESCRIPTOR_SETS.iter().fold(
             tonic_reflection::server::Builder::configure(),
             |builder, set| builder.register_encoded_file_descriptor_set(set),
         )
@@ -250,8 +286,12 @@ pub struct RunningServer {
     local_addr: SocketAddr,
     health: HealthReporter,
     service_names: Vec<&'static str>,
+    metrics: ServerMetrics,
     stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    task: JoinHandle<()>,
+    /// Background work the server owns (readiness, the service's own tasks):
+    /// aborted when the server stops.
+    tasks: JoinSet<()>,
     grace: Duration,
 }
 
@@ -266,15 +306,30 @@ impl RunningServer {
         &self.health
     }
 
+    /// What this server records its calls in.
+    pub fn metrics(&self) -> &ServerMetrics {
+        &self.metrics
+    }
+
+    /// Runs `task` for as long as the server: it is stopped at shutdown (the
+    /// purge, the gateway's health reporter).
+    pub fn own(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
     /// Graceful stop: health flips to NOT_SERVING first, then the listener
     /// closes and in-flight calls get up to the grace period to finish.
     pub async fn shutdown(self) -> Result<(), ServeError> {
         set_status(&self.health, &self.service_names, ServingStatus::NotServing).await;
         // The server may already have stopped; then there is nobody to tell.
         let _ = self.stop.send(());
+        let mut tasks = self.tasks;
+        tasks.abort_all();
         let mut task = self.task;
-        match tokio::time::timeout(self.grace, &mut task).await {
-            Ok(result) => Ok(result??),
+        let drained = tokio::time::timeout(self.grace, &mut task).await;
+        while tasks.join_next().await.is_some() {}
+        match drained {
+            Ok(result) => Ok(result?),
             Err(_) => {
                 task.abort();
                 Err(ServeError::GraceExceeded(self.grace))
@@ -289,7 +344,7 @@ impl RunningServer {
                 tracing::info!("shutdown signal received; draining");
                 self.shutdown().await
             }
-            result = &mut self.task => Ok(result??),
+            result = &mut self.task => Ok(result?),
         }
     }
 }
@@ -360,26 +415,29 @@ pub async fn check_health(listen: SocketAddr, tls: bool) -> Result<(), String> {
 
 /// The `main` of every service binary. With `healthcheck`, probes the
 /// instance at `listen`. Otherwise sets up logs, serves metrics if
-/// `METRICS_ADDR` is set, awaits `start` and serves until SIGINT/SIGTERM.
-/// A failure is printed as one line and becomes a failing exit code.
-pub async fn run_binary(
+/// `METRICS_ADDR` is set, starts the server with `start` (given the
+/// process's metrics registry) and serves until SIGINT/SIGTERM. A failure is
+/// printed as one line and becomes a failing exit code.
+pub async fn run_binary<F>(
     probe: Option<Probe>,
     listen: SocketAddr,
     telemetry: &crate::config::TelemetryArgs,
     server: &ServerArgs,
-    start: impl Future<Output = Result<RunningServer, StartError>>,
-) -> std::process::ExitCode {
+    start: impl FnOnce(Metrics) -> F,
+) -> std::process::ExitCode
+where
+    F: Future<Output = Result<RunningServer, StartError>>,
+{
     if probe == Some(Probe::Healthcheck) {
         return healthcheck(listen, server.tls.enabled()).await;
     }
     crate::telemetry::init(telemetry.log_format);
     let outcome = async {
+        let metrics = Metrics::new();
         if let Some(addr) = server.metrics_addr {
-            crate::metrics::serve(addr, server.tls.server()?)
-                .await
-                .map_err(|source| StartError::Bind { addr, source })?;
+            serve_metrics(addr, &metrics, server).await?;
         }
-        start.await?.run_until_stopped().await?;
+        start(metrics).await?.run_until_stopped().await?;
         Ok::<_, StartError>(())
     };
     match outcome.await {
@@ -390,6 +448,24 @@ pub async fn run_binary(
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Serves `metrics` on `addr` under the listener limits of `server`;
+/// returns the bound address.
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: &Metrics,
+    server: &ServerArgs,
+) -> Result<SocketAddr, StartError> {
+    let listener = bind(addr).await?;
+    let local = crate::metrics::serve(
+        listener,
+        metrics.clone(),
+        server.tls.server()?,
+        server.connection_limits(),
+    )
+    .map_err(ServeError::from)?;
+    Ok(local)
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (what orchestrators send).

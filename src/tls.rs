@@ -13,7 +13,7 @@ use std::{
 };
 
 use clap::Args;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::{
     TlsAcceptor,
     rustls::{
@@ -24,16 +24,12 @@ use tokio_rustls::{
     },
     server::TlsStream,
 };
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::ConfigError;
 
 /// How long a client may take to complete its handshake before the
 /// connection is dropped, so idle sockets cannot pin handshake tasks.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Connections accepted but not yet taken by the server.
-const ACCEPT_BACKLOG: usize = 64;
 
 /// The listener's certificate, when TLS is wanted.
 #[derive(Args, Clone, Debug, Default)]
@@ -90,47 +86,6 @@ impl ServerTls {
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(config)),
         })
-    }
-
-    /// The TLS connections arriving on `listener`. Handshakes run
-    /// concurrently, so one slow client delays nobody else; a failed or
-    /// timed-out handshake drops only that connection. Accepting stops when
-    /// the stream is dropped.
-    pub fn incoming(
-        &self,
-        listener: TcpListener,
-    ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
-        let (ready, stream) = tokio::sync::mpsc::channel(ACCEPT_BACKLOG);
-        let tls = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    () = ready.closed() => return,
-                    accepted = listener.accept() => accepted,
-                };
-                let (socket, peer) = match accepted {
-                    Ok(connection) => connection,
-                    Err(error) => {
-                        // Per-connection errors (reset before accept, out of
-                        // descriptors) must not stop the listener.
-                        tracing::debug!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                let _ = socket.set_nodelay(true);
-                let (tls, ready) = (tls.clone(), ready.clone());
-                tokio::spawn(async move {
-                    match tls.accept(socket).await {
-                        Ok(stream) => {
-                            let _ = ready.send(Ok(stream)).await;
-                        }
-                        Err(error) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                    }
-                });
-            }
-        });
-        ReceiverStream::new(stream)
     }
 
     /// Completes the handshake of one accepted connection.

@@ -46,7 +46,7 @@ fn b64(value: &Value) -> String {
 
 #[tokio::test]
 async fn tokens_of_every_better_auth_algorithm_are_accepted() {
-    let app = AuthSvc::start(&[]).await;
+    let app = AuthSvc::start(|_| {}).await;
     for key in &app.issuer.keys {
         let principal = verify(&app, &key.sign(&claims("user-1"))).await.unwrap();
         assert_eq!(principal.user_id, "user-1");
@@ -68,7 +68,7 @@ async fn tokens_of_every_better_auth_algorithm_are_accepted() {
 
 #[tokio::test]
 async fn ed25519_alg_name_is_accepted_like_eddsa() {
-    let app = AuthSvc::start(&[]).await;
+    let app = AuthSvc::start(|_| {}).await;
     let key = app.issuer.key(Algorithm::EdDsa);
     let header = json!({"alg": "Ed25519", "kid": key.kid()});
     let token = key.sign_parts(
@@ -80,7 +80,7 @@ async fn ed25519_alg_name_is_accepted_like_eddsa() {
 
 #[tokio::test]
 async fn who_am_i_returns_the_callers_better_auth_user() {
-    let app = AuthSvc::start(&[]).await;
+    let app = AuthSvc::start(|_| {}).await;
     app.db
         .insert_user(
             "Mr0yzW2pZKQ0tw5FzS2lLAhPHAboB8qO",
@@ -111,7 +111,7 @@ async fn who_am_i_returns_the_callers_better_auth_user() {
 
 #[tokio::test]
 async fn who_am_i_for_a_deleted_user_is_not_found() {
-    let app = AuthSvc::start(&[]).await;
+    let app = AuthSvc::start(|_| {}).await;
     app.db.insert_user("gone", "Gone", "gone@example.com").await;
     app.db.delete_user("gone").await;
     let status = app
@@ -125,7 +125,7 @@ async fn who_am_i_for_a_deleted_user_is_not_found() {
 
 #[tokio::test]
 async fn who_am_i_requires_exactly_one_bearer_token() {
-    let app = AuthSvc::start(&[]).await;
+    let app = AuthSvc::start(|_| {}).await;
     let mut client = app.client().await;
     let status = client.who_am_i(WhoAmIRequest {}).await.unwrap_err();
     assert_reason(&status, Code::Unauthenticated, "MISSING_CREDENTIALS");
@@ -156,7 +156,7 @@ async fn who_am_i_requires_exactly_one_bearer_token() {
 
 #[tokio::test]
 async fn verify_token_without_a_token_is_invalid_argument() {
-    let app = AuthSvc::start(&[]).await;
+    let app = AuthSvc::start(|_| {}).await;
     let status = verify(&app, "  ").await.unwrap_err();
     assert_reason(&status, Code::InvalidArgument, "INVALID_ARGUMENT");
     let violations = tonic_types::StatusExt::get_details_bad_request(&status).unwrap();
@@ -165,7 +165,7 @@ async fn verify_token_without_a_token_is_invalid_argument() {
 
 #[tokio::test]
 async fn every_rejection_class_has_its_reason() {
-    let app = AuthSvc::start(&[]).await;
+    let app = AuthSvc::start(|_| {}).await;
     let ed = app.issuer.key(Algorithm::EdDsa);
     let sign = |header: Value, claims: Value| {
         ed.sign_parts(header.to_string().as_bytes(), claims.to_string().as_bytes())
@@ -306,7 +306,7 @@ async fn every_rejection_class_has_its_reason() {
 
 #[tokio::test]
 async fn leeway_and_audience_arrays_are_honoured() {
-    let app = AuthSvc::start(&[]).await;
+    let app = AuthSvc::start(|_| {}).await;
     let ed = app.issuer.key(Algorithm::EdDsa);
     let mut c = claims("u");
     c["exp"] = json!(now() - 10); // expired, but within the 30 s leeway
@@ -317,7 +317,7 @@ async fn leeway_and_audience_arrays_are_honoured() {
 
 #[tokio::test]
 async fn algorithms_outside_the_configured_list_are_refused() {
-    let app = AuthSvc::start(&["--jwt-algorithms", "EdDSA"]).await;
+    let app = AuthSvc::start(|c| c.service.auth.jwt_algorithms = vec![Algorithm::EdDsa]).await;
     let es = app.issuer.key(Algorithm::Es256).sign(&claims("u"));
     assert_rejected(&app, &es, "ALGORITHM_NOT_ALLOWED").await;
     let ed = app.issuer.key(Algorithm::EdDsa).sign(&claims("u"));
@@ -326,12 +326,12 @@ async fn algorithms_outside_the_configured_list_are_refused() {
 
 #[tokio::test]
 async fn a_token_without_kid_needs_a_single_key_set() {
-    let single = AuthSvc::start_with(Issuer::single(Algorithm::Es256), &[]).await;
+    let single = AuthSvc::start_with(Issuer::single(Algorithm::Es256), |_| {}).await;
     let key = single.issuer.key(Algorithm::Es256);
     let no_kid = key.sign_parts(br#"{"alg":"ES256"}"#, claims("u").to_string().as_bytes());
     assert_eq!(verify(&single, &no_kid).await.unwrap().key_id, "kid-ES256");
 
-    let many = AuthSvc::start(&[]).await;
+    let many = AuthSvc::start(|_| {}).await;
     let key = many.issuer.key(Algorithm::Es256);
     let no_kid = key.sign_parts(br#"{"alg":"ES256"}"#, claims("u").to_string().as_bytes());
     assert_rejected(&many, &no_kid, "UNKNOWN_KEY").await;
@@ -340,7 +340,10 @@ async fn a_token_without_kid_needs_a_single_key_set() {
 #[tokio::test]
 async fn keys_that_cannot_be_fetched_are_unavailable_not_unauthenticated() {
     // Port 9 (discard) is closed on loopback: every fetch is refused.
-    let app = AuthSvc::start(&["--jwks-url", "http://127.0.0.1:9/api/auth/jwks"]).await;
+    let app = AuthSvc::start(|c| {
+        c.service.auth.jwks_url = Some("http://127.0.0.1:9/api/auth/jwks".into());
+    })
+    .await;
     let status = verify(&app, &app.issuer.token("u")).await.unwrap_err();
     assert_reason(&status, Code::Unavailable, "JWKS_UNAVAILABLE");
 }
@@ -350,7 +353,7 @@ async fn health_is_not_serving_until_keys_load_and_reflection_lists_the_service(
     let issuer = Issuer::single(Algorithm::EdDsa);
     let jwks = JwksServer::start(issuer.jwks()).await;
     jwks.behave(Behaviour::Status(503));
-    let app = AuthSvc::start_on(jwks, issuer, &[]).await;
+    let app = AuthSvc::start_on(jwks, issuer, |_| {}).await;
     let mut health = HealthClient::new(app.channel().await);
     let status = |service: &str| HealthCheckRequest {
         service: service.to_owned(),

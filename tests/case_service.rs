@@ -6,6 +6,7 @@ mod common;
 
 use std::{collections::HashSet, time::Duration};
 
+use casebook::metrics::Metrics;
 use casebook::pb::casebook::cases::v1::{
     Case, CreateCaseRequest, DeleteCaseRequest, GetCaseRequest, ListCasesRequest,
     UndeleteCaseRequest, UpdateCaseRequest,
@@ -159,7 +160,7 @@ fn list() -> ListCasesRequest {
 
 #[tokio::test]
 async fn a_case_goes_through_create_get_update_delete_undelete() {
-    let app = CaseSvc::start(&[]).await;
+    let app = CaseSvc::start(|_| {}).await;
     let mut alice = As::user(&app, "alice").await;
 
     let created = alice
@@ -219,7 +220,7 @@ async fn a_case_goes_through_create_get_update_delete_undelete() {
 
 #[tokio::test]
 async fn bad_fields_are_named_in_a_bad_request() {
-    let app = CaseSvc::start(&[]).await;
+    let app = CaseSvc::start(|_| {}).await;
     let mut alice = As::user(&app, "alice").await;
     let cases = [
         (As::draft("   "), vec!["case.title"]),
@@ -357,7 +358,7 @@ async fn bad_fields_are_named_in_a_bad_request() {
 
 #[tokio::test]
 async fn strings_are_stored_and_returned_byte_for_byte() {
-    let app = CaseSvc::start(&[]).await;
+    let app = CaseSvc::start(|_| {}).await;
     let mut alice = As::user(&app, "alice").await;
     let titles = [
         "'; DROP TABLE cases; --",
@@ -397,7 +398,7 @@ async fn strings_are_stored_and_returned_byte_for_byte() {
 
 #[tokio::test]
 async fn another_users_case_is_not_found_by_every_method() {
-    let app = CaseSvc::start(&[]).await;
+    let app = CaseSvc::start(|_| {}).await;
     let mut alice = As::user(&app, "alice").await;
     let mut bob = As::user(&app, "bob").await;
     let case = alice.create(As::draft("alice's")).await.unwrap();
@@ -467,7 +468,7 @@ fn uuid_like() -> String {
 
 #[tokio::test]
 async fn soft_delete_hides_from_lists_until_undeleted() {
-    let app = CaseSvc::start(&[]).await;
+    let app = CaseSvc::start(|_| {}).await;
     let mut alice = As::user(&app, "alice").await;
     let keep = alice.create(As::draft("keep")).await.unwrap();
     let gone = alice.create(As::draft("gone")).await.unwrap();
@@ -519,7 +520,11 @@ async fn soft_delete_hides_from_lists_until_undeleted() {
 
 #[tokio::test]
 async fn deleted_cases_are_purged_after_the_retention() {
-    let app = CaseSvc::start(&["--case-retention", "1s", "--case-purge-interval", "100ms"]).await;
+    let app = CaseSvc::start(|c| {
+        c.case_retention = Duration::from_secs(1);
+        c.case_purge_interval = Duration::from_millis(100);
+    })
+    .await;
     let mut alice = As::user(&app, "alice").await;
     let case = alice.create(As::draft("short-lived")).await.unwrap();
     let live = alice.create(As::draft("stays")).await.unwrap();
@@ -544,7 +549,7 @@ async fn deleted_cases_are_purged_after_the_retention() {
 
 #[tokio::test]
 async fn a_stale_etag_is_aborted_and_concurrent_writers_have_one_winner() {
-    let app = CaseSvc::start(&[]).await;
+    let app = CaseSvc::start(|_| {}).await;
     let mut alice = As::user(&app, "alice").await;
     let case = alice.create(As::draft("contended")).await.unwrap();
     let attempt = |title: &str| Case {
@@ -583,7 +588,7 @@ async fn a_stale_etag_is_aborted_and_concurrent_writers_have_one_winner() {
 
 #[tokio::test]
 async fn concurrent_writers_without_an_etag_all_succeed() {
-    let app = CaseSvc::start(&[]).await;
+    let app = CaseSvc::start(|_| {}).await;
     let alice = As::user(&app, "alice").await;
     let mut first = As {
         client: app.client().await,
@@ -620,7 +625,7 @@ async fn concurrent_writers_without_an_etag_all_succeed() {
 
 #[tokio::test]
 async fn a_repeated_request_id_creates_one_case() {
-    let app = CaseSvc::start(&[]).await;
+    let app = CaseSvc::start(|_| {}).await;
     let mut alice = As::user(&app, "alice").await;
     let first = alice
         .create_with_id(As::draft("once"), "req-1")
@@ -661,7 +666,7 @@ async fn a_repeated_request_id_creates_one_case() {
 
 #[tokio::test]
 async fn lists_filter_order_and_page() {
-    let app = CaseSvc::start(&[]).await;
+    let app = CaseSvc::start(|_| {}).await;
     let mut alice = As::user(&app, "alice").await;
     let mut make = async |title: &str, kind: Type, status: Status| {
         alice
@@ -765,7 +770,7 @@ async fn lists_filter_order_and_page() {
 
 #[tokio::test]
 async fn paging_through_a_thousand_cases_under_inserts_skips_and_repeats_nothing() {
-    let app = CaseSvc::start(&[]).await;
+    let app = CaseSvc::start(|_| {}).await;
     let alice = As::user(&app, "alice").await;
     let mut workers = Vec::new();
     for worker in 0..8 {
@@ -838,7 +843,7 @@ async fn paging_through_a_thousand_cases_under_inserts_skips_and_repeats_nothing
 
 #[tokio::test]
 async fn a_user_removed_from_better_auth_cannot_create_cases() {
-    let app = CaseSvc::start(&[]).await;
+    let app = CaseSvc::start(|_| {}).await;
     let mut ghost = As::user(&app, "ghost").await;
     app.db.delete_user("ghost").await;
     let status = ghost.create(As::draft("boo")).await.unwrap_err();
@@ -851,9 +856,7 @@ async fn case_svc_refuses_to_start_without_better_auths_tables() {
     env.db
         .execute_script(r#"DROP TABLE "session"; DROP TABLE "account"; DROP TABLE "user""#)
         .await;
-    let config =
-        <case_svc::Config as clap::Parser>::try_parse_from(env.args("case-svc", &[])).unwrap();
-    let error = case_svc::build(config)
+    let error = case_svc::build(env.case_config(), &Metrics::new())
         .await
         .err()
         .expect("must refuse to start");
@@ -867,7 +870,7 @@ async fn case_svc_refuses_to_start_without_better_auths_tables() {
 
 #[tokio::test]
 async fn calls_without_a_token_are_unauthenticated() {
-    let app = CaseSvc::start(&[]).await;
+    let app = CaseSvc::start(|_| {}).await;
     let status = app.client().await.list_cases(list()).await.unwrap_err();
     assert_reason(&status, Code::Unauthenticated, "MISSING_CREDENTIALS");
 }
@@ -875,11 +878,11 @@ async fn calls_without_a_token_are_unauthenticated() {
 #[tokio::test]
 async fn two_replicas_migrate_the_same_database_at_once() {
     let env = TestEnv::new(common::Issuer::single(casebook::auth::Algorithm::EdDsa)).await;
-    let args = env.args("case-svc", &[]);
-    let start = |args: Vec<String>| async move {
-        case_svc::build(<case_svc::Config as clap::Parser>::try_parse_from(args).unwrap()).await
-    };
-    let (one, two) = tokio::join!(start(args.clone()), start(args));
+    let metrics = Metrics::new();
+    let (one, two) = tokio::join!(
+        case_svc::build(env.case_config(), &metrics),
+        case_svc::build(env.case_config(), &metrics)
+    );
     let (one, two) = (one.unwrap(), two.unwrap());
     // Both serve the same data, and page tokens from one work on the other.
     let token = env.user("alice").await;

@@ -152,7 +152,10 @@ async fn a_postgres_restart_under_writes_fails_fast_recovers_and_loses_nothing()
     let db = TestDb::at(&postgres.url()).await;
     let env =
         Arc::new(TestEnv::with_db(Issuer::single(casebook::auth::Algorithm::EdDsa), db).await);
-    let app = CaseSvc::start_in(Arc::clone(&env), &["--database-acquire-timeout", "500ms"]).await;
+    let app = CaseSvc::start_in(Arc::clone(&env), |c| {
+        c.service.database.database_acquire_timeout = Duration::from_millis(500);
+    })
+    .await;
     let token = env.user("alice").await;
 
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
@@ -261,13 +264,9 @@ async fn sigterm_under_load_drains_in_flight_calls_and_exits_in_time() {
         .local_addr()
         .unwrap();
     let mut child = Command::new(&bin)
-        .args(
-            env.args(
-                "case-svc",
-                &["--listen-addr", &addr.to_string(), "--shutdown-grace", "3s"],
-            )[1..]
-                .iter(),
-        )
+        .args(env.flags(&["--listen-addr", &addr.to_string(), "--shutdown-grace", "3s"]))
+        // Only what the test sets: nothing exported around the test leaks in.
+        .env_clear()
         .env("RUST_LOG", "error")
         .spawn()
         .unwrap();

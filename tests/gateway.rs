@@ -37,7 +37,7 @@ fn create(title: &str) -> CreateCaseRequest {
 
 #[tokio::test]
 async fn grpc_web_binary_and_text_reach_both_services() {
-    let stack = GatewayStack::start(1, &[]).await;
+    let stack = GatewayStack::start(1, |_| {}).await;
     let token = stack.env.user("alice").await;
     let auth = format!("Bearer {token}");
     for text in [false, true] {
@@ -76,7 +76,7 @@ async fn grpc_web_binary_and_text_reach_both_services() {
 
 #[tokio::test]
 async fn native_grpc_works_through_the_gateway_too() {
-    let stack = GatewayStack::start(1, &[]).await;
+    let stack = GatewayStack::start(1, |_| {}).await;
     let token = stack.env.user("alice").await;
     let channel = Channel::from_shared(format!("http://{}", stack.addr()))
         .unwrap()
@@ -95,7 +95,7 @@ async fn native_grpc_works_through_the_gateway_too() {
 
 #[tokio::test]
 async fn errors_arrive_as_trailers_with_their_details() {
-    let stack = GatewayStack::start(1, &[]).await;
+    let stack = GatewayStack::start(1, |_| {}).await;
     let reply = grpc_web(stack.addr(), WHO_AM_I, &WhoAmIRequest {}, &[], false).await;
     assert_eq!(reply.http_status, 200);
     assert_eq!(reply.grpc_status(), Some(16), "UNAUTHENTICATED: {reply:?}");
@@ -127,7 +127,7 @@ async fn errors_arrive_as_trailers_with_their_details() {
 
 #[tokio::test]
 async fn cors_preflights_are_answered_only_for_allowed_origins() {
-    let stack = GatewayStack::start(1, &[]).await;
+    let stack = GatewayStack::start(1, |_| {}).await;
     let preflight = |origin: &str| {
         http::Request::builder()
             .method("OPTIONS")
@@ -196,7 +196,7 @@ async fn cors_preflights_are_answered_only_for_allowed_origins() {
 async fn the_gateway_caps_deadlines() {
     // The JWKS answers after 3 s, so an authenticated call takes that long;
     // the gateway's 300 ms ceiling must end it first, whatever the client asked.
-    let stack = GatewayStack::start(1, &["--max-call-timeout", "300ms"]).await;
+    let stack = GatewayStack::start(1, |c| c.max_call_timeout = Duration::from_millis(300)).await;
     stack
         .env
         .jwks
@@ -221,7 +221,7 @@ async fn the_gateway_caps_deadlines() {
 
 #[tokio::test]
 async fn an_upstream_outage_is_unavailable_until_it_returns() {
-    let mut stack = GatewayStack::start(1, &[]).await;
+    let mut stack = GatewayStack::start(1, |_| {}).await;
     let token = stack.env.user("alice").await;
     let auth = format!("Bearer {token}");
     let replica = stack.cases.pop().unwrap();
@@ -249,9 +249,7 @@ async fn an_upstream_outage_is_unavailable_until_it_returns() {
     assert_eq!(reply.grpc_status(), Some(0));
 
     // The replica comes back on the same address; the gateway reconnects by itself.
-    let addr_arg = addr.to_string();
-    let back =
-        common::CaseSvc::start_in(Arc::clone(&stack.env), &["--listen-addr", &addr_arg]).await;
+    let back = common::CaseSvc::start_in(Arc::clone(&stack.env), |c| c.listen_addr = addr).await;
     let recovered = eventually(Duration::from_secs(10), async || {
         grpc_web(
             stack.addr(),
@@ -271,7 +269,7 @@ async fn an_upstream_outage_is_unavailable_until_it_returns() {
 
 #[tokio::test]
 async fn calls_are_balanced_and_a_replica_leaving_fails_no_call() {
-    let mut stack = GatewayStack::start(2, &[]).await;
+    let mut stack = GatewayStack::start(2, |_| {}).await;
     let token = stack.env.user("alice").await;
     let serving = eventually(Duration::from_secs(10), async || {
         stack

@@ -40,7 +40,7 @@ fn case(description: String) -> CreateCaseRequest {
 
 #[tokio::test]
 async fn deeply_nested_claims_are_refused_before_they_reach_a_response() {
-    let app = AuthSvc::start(&[]).await;
+    let app = AuthSvc::start(|_| {}).await;
     let key = app.issuer.key(casebook::auth::Algorithm::EdDsa);
     let token_with = |value: Value| {
         let mut body = claims("deep");
@@ -79,7 +79,7 @@ async fn deeply_nested_claims_are_refused_before_they_reach_a_response() {
 
 #[tokio::test]
 async fn giant_metadata_is_refused_and_the_server_keeps_serving() {
-    let app = CaseSvc::start(&[]).await;
+    let app = CaseSvc::start(|_| {}).await;
     let token = app.env.user("meta").await;
 
     let mut request = bearer(case(String::new()), &token);
@@ -104,7 +104,7 @@ async fn giant_metadata_is_refused_and_the_server_keeps_serving() {
 
 #[tokio::test]
 async fn a_giant_message_is_resource_exhausted_naming_the_limit() {
-    let app = CaseSvc::start(&["--grpc-max-message-bytes", "65536"]).await;
+    let app = CaseSvc::start(|c| c.service.server.grpc_max_message_bytes = 65536).await;
     let token = app.env.user("big").await;
     let status = app
         .client()
@@ -118,7 +118,7 @@ async fn a_giant_message_is_resource_exhausted_naming_the_limit() {
 
 #[tokio::test]
 async fn an_undecodable_message_is_the_callers_error() {
-    let app = CaseSvc::start(&[]).await;
+    let app = CaseSvc::start(|_| {}).await;
     let token = app.env.user("garbage").await;
     // Field 1 (`case`) holding bytes that are not a Case: a truncated varint.
     let garbage = Garbage {

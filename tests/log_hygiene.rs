@@ -35,7 +35,7 @@ async fn logs_name_the_call_and_the_user_but_never_a_token_or_email() {
         .with_writer(move || writer.clone())
         .init();
 
-    let stack = GatewayStack::start(1, &[]).await;
+    let stack = GatewayStack::start(1, |_| {}).await;
     let token = stack.env.user("log-user").await;
     let mut auth = stack.auth.client().await;
     let mut cases = stack.cases[0].client().await;

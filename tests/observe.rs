@@ -26,7 +26,7 @@ use tonic::Code;
 
 #[tokio::test]
 async fn request_ids_are_returned_generated_and_carried_through_the_gateway() {
-    let stack = GatewayStack::start(1, &[]).await;
+    let stack = GatewayStack::start(1, |_| {}).await;
     let token = stack.env.user("alice").await;
     let mut client = stack.auth.client().await;
 
@@ -75,7 +75,7 @@ async fn request_ids_are_returned_generated_and_carried_through_the_gateway() {
 
 #[tokio::test]
 async fn calls_and_rejections_are_counted_and_served_on_the_metrics_endpoint() {
-    let app = AuthSvc::start(&[]).await;
+    let app = AuthSvc::start(|_| {}).await;
     let token = app.user("metrics-user").await;
     let mut client = app.client().await;
     client
@@ -88,7 +88,8 @@ async fn calls_and_rejections_are_counted_and_served_on_the_metrics_endpoint() {
         })
         .await;
 
-    let addr = casebook::metrics::serve("127.0.0.1:0".parse().unwrap(), None)
+    let limits = casebook::config::ServerArgs::defaults().unwrap();
+    let addr = casebook::server::serve_metrics(([127, 0, 0, 1], 0).into(), &app.metrics, &limits)
         .await
         .unwrap();
     let request = http::Request::get(format!("http://{addr}/metrics"))
@@ -96,26 +97,34 @@ async fn calls_and_rejections_are_counted_and_served_on_the_metrics_endpoint() {
         .unwrap();
     let (parts, body) = http1(request).await;
     assert_eq!(parts.status, 200);
+    assert_eq!(
+        parts.headers["content-type"],
+        casebook::metrics::CONTENT_TYPE
+    );
     let text = String::from_utf8(body.to_vec()).unwrap();
     for expected in [
-        r#"casebook_calls_total{method="casebook.auth.v1.AuthService/WhoAmI",code="Ok"}"#,
-        r#"casebook_call_duration_seconds_bucket{method="casebook.auth.v1.AuthService/WhoAmI",le="+Inf"}"#,
-        r#"casebook_token_rejections_total{reason="MALFORMED_TOKEN"}"#,
-        r#"casebook_jwks_fetches_total{result="ok"}"#,
+        "# TYPE casebook_calls counter",
+        "# HELP casebook_calls ",
+        r#"casebook_calls_total{server="auth-svc",method="casebook.auth.v1.AuthService/WhoAmI",code="Ok"}"#,
+        r#"casebook_call_duration_seconds_bucket{le="+Inf",server="auth-svc",method="casebook.auth.v1.AuthService/WhoAmI"}"#,
+        r#"casebook_token_rejections_total{server="auth-svc",reason="MALFORMED_TOKEN"}"#,
+        r#"casebook_jwks_fetches_total{server="auth-svc",result="ok"}"#,
         "casebook_jwks_age_seconds{",
         "casebook_token_cache_misses_total",
-        "casebook_calls_in_flight",
+        "# TYPE casebook_calls_in_flight gauge",
+        "# TYPE casebook_db_pool_connections gauge",
+        "# EOF",
     ] {
         assert!(text.contains(expected), "missing {expected} in:\n{text}");
     }
 }
 
-/// The value of the pool gauge `name{labels}` of the database at `url`.
-fn pool_gauge(name: &str, url: &str, state: Option<&str>) -> Option<f64> {
-    let database = casebook::db::redact(url);
+/// The value of the pool gauge `name{labels}` of case-svc's database.
+fn pool_gauge(app: &CaseSvc, name: &str, state: Option<&str>) -> Option<f64> {
+    let database = casebook::db::redact(app.env.db.url());
     let state = state.map_or(String::new(), |s| format!(r#",state="{s}""#));
-    let prefix = format!(r#"{name}{{service="case-svc",database="{database}"{state}}} "#);
-    casebook::metrics::global()
+    let prefix = format!(r#"{name}{{server="case-svc",database="{database}"{state}}} "#);
+    app.metrics
         .render()
         .lines()
         .find_map(|line| line.strip_prefix(&prefix)?.parse().ok())
@@ -123,16 +132,13 @@ fn pool_gauge(name: &str, url: &str, state: Option<&str>) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_gauges_show_connections_in_use_and_calls_waiting_for_one() {
-    let app = CaseSvc::start(&[
-        "--database-max-connections",
-        "1",
-        "--database-acquire-timeout",
-        "30s",
-    ])
+    let app = CaseSvc::start(|c| {
+        c.service.database.database_max_connections = 1;
+        c.service.database.database_acquire_timeout = Duration::from_secs(30);
+    })
     .await;
     let token = app.env.user("pat").await;
-    let url = app.env.db.url().to_owned();
-    let gauge = |name: &'static str, state: Option<&'static str>| pool_gauge(name, &url, state);
+    let gauge = |name: &'static str, state: Option<&'static str>| pool_gauge(&app, name, state);
     assert_eq!(gauge("casebook_db_pool_max_connections", None), Some(1.0));
     assert_eq!(gauge("casebook_db_pool_waiting", None), Some(0.0));
 
@@ -203,12 +209,10 @@ async fn pool_gauges_show_connections_in_use_and_calls_waiting_for_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_four_times_the_limit_the_excess_is_refused_while_admitted_calls_complete() {
     const LIMIT: usize = 4;
-    let app = AuthSvc::start(&[
-        "--max-concurrent-calls",
-        &LIMIT.to_string(),
-        "--jwks-refetch-cooldown",
-        "0s",
-    ])
+    let app = AuthSvc::start(|c| {
+        c.service.server.max_concurrent_calls = LIMIT;
+        c.service.auth.jwks_refetch_cooldown = Duration::ZERO;
+    })
     .await;
     // The first key set must be in before the JWKS changes, or a call could
     // join that first fetch and miss the key published below.

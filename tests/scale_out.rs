@@ -60,6 +60,7 @@ impl Drop for Process {
 
 fn spawn(bin: &Path, name: &str, env: &[(&str, String)]) -> Process {
     let child = Command::new(bin.join(name))
+        .env_clear()
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())

@@ -9,30 +9,23 @@ use casebook::pb::casebook::{
     },
 };
 use casebook_stack::{Cli, DEMO_EMAIL, Stack, mint_token};
-use clap::Parser;
 use common::{bearer, eventually};
 use tonic::transport::Channel;
 
 mod common;
 
+/// The stack's defaults, on ephemeral ports, keeping its data in `data`.
 fn args(data: &std::path::Path) -> Cli {
-    let data = data.display().to_string();
-    Cli::try_parse_from([
-        "casebook",
-        "--data-dir",
-        &data,
-        "--issuer-addr",
-        "127.0.0.1:0",
-        "--auth-svc-addr",
-        "127.0.0.1:0",
-        "--case-svc-addr",
-        "127.0.0.1:0",
-        "--gateway-addr",
-        "127.0.0.1:0",
-        "--metrics-addr",
-        "127.0.0.1:0",
-    ])
-    .unwrap()
+    let mut cli: Cli = casebook::config::defaults().unwrap();
+    let any_port: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    let stack = &mut cli.stack;
+    stack.data_dir = data.to_owned();
+    stack.issuer_addr = any_port;
+    stack.auth_svc_addr = any_port;
+    stack.case_svc_addr = any_port;
+    stack.gateway_addr = any_port;
+    stack.metrics_addr = Some(any_port);
+    cli
 }
 
 async fn channel(addr: std::net::SocketAddr) -> Channel {
@@ -116,14 +109,8 @@ async fn the_stack_starts_from_nothing_and_keeps_its_data() {
     assert_eq!(listed.cases, vec![created]);
 
     // `casebook token` mints for another user, who sees none of the demo's cases.
-    let other = Cli::try_parse_from([
-        "casebook",
-        "--data-dir",
-        &data.path().display().to_string(),
-        "--issuer-addr",
-        &stack_issuer_addr(&stack),
-    ])
-    .unwrap();
+    let mut other = args(data.path());
+    other.stack.issuer_addr = stack_issuer_addr(&stack).parse().unwrap();
     let token = mint_token(&other.stack, "you@example.com", None)
         .await
         .unwrap();

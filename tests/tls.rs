@@ -6,10 +6,11 @@ mod common;
 
 use std::sync::Arc;
 
+use casebook::metrics::Metrics;
 use casebook::pb::casebook::auth::v1::{
     User, WhoAmIRequest, auth_service_client::AuthServiceClient,
 };
-use clap::Parser as _;
+use clap::CommandFactory as _;
 use common::{AuthSvc, CaseSvc, TestCa, TestEnv, bearer, grpc_web_tls, https1, start_gateway};
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -17,14 +18,10 @@ use tonic::Code;
 
 const WHO_AM_I: &str = "/casebook.auth.v1.AuthService/WhoAmI";
 
-fn flags(owned: &[String]) -> Vec<&str> {
-    owned.iter().map(String::as_str).collect()
-}
-
 #[tokio::test]
 async fn a_service_with_a_certificate_serves_grpc_over_tls_only() {
     let ca = TestCa::new();
-    let app = AuthSvc::start(&flags(&ca.server_flags())).await;
+    let app = AuthSvc::start(|c| ca.serve_tls(&mut c.service.server)).await;
     let token = app.env.user("alice").await;
 
     let mut client = AuthServiceClient::new(ca.channel(app.addr()).await);
@@ -58,17 +55,17 @@ async fn a_service_with_a_certificate_serves_grpc_over_tls_only() {
 #[tokio::test]
 async fn the_gateway_serves_browsers_over_tls_and_calls_upstreams_over_tls() {
     let ca = TestCa::new();
-    let tls = ca.server_flags();
     let env =
         Arc::new(TestEnv::new(common::Issuer::single(casebook::auth::Algorithm::EdDsa)).await);
-    let auth = AuthSvc::start_in(Arc::clone(&env), &flags(&tls)).await;
-    let cases = CaseSvc::start_in(Arc::clone(&env), &flags(&tls)).await;
+    let auth = AuthSvc::start_in(Arc::clone(&env), |c| ca.serve_tls(&mut c.service.server)).await;
+    let cases = CaseSvc::start_in(Arc::clone(&env), |c| ca.serve_tls(&mut c.service.server)).await;
     let auth_url = format!("https://localhost:{}", auth.addr().port());
     let case_url = format!("https://localhost:{}", cases.addr().port());
-    let ca_file = ca.path("ca.pem");
-    let mut extra = vec!["--upstream-tls-ca-file", &ca_file];
-    extra.extend(flags(&tls));
-    let gateway = start_gateway(&auth_url, &case_url, &extra).await;
+    let gateway = start_gateway(&auth_url, &case_url, |c| {
+        c.upstream_tls_ca_file = Some(ca.path("ca.pem").into());
+        ca.serve_tls(&mut c.server);
+    })
+    .await;
     let token = env.user("bob").await;
 
     // grpc-web over HTTP/1.1 and TLS, as a browser or an HTTP/1.1 proxy sends it.
@@ -99,12 +96,12 @@ async fn the_gateway_serves_browsers_over_tls_and_calls_upstreams_over_tls() {
 #[tokio::test]
 async fn the_gateway_refuses_an_upstream_certificate_it_does_not_trust() {
     let ca = TestCa::new();
-    let auth = AuthSvc::start(&flags(&ca.server_flags())).await;
+    let auth = AuthSvc::start(|c| ca.serve_tls(&mut c.service.server)).await;
     let token = auth.env.user("carol").await;
     let auth_url = format!("https://localhost:{}", auth.addr().port());
     // No UPSTREAM_TLS_CA_FILE: only the system's roots, which never signed
     // the test CA's certificate. The gateway must not fall back to plaintext.
-    let gateway = start_gateway(&auth_url, "http://127.0.0.1:1", &[]).await;
+    let gateway = start_gateway(&auth_url, "http://127.0.0.1:1", |_| {}).await;
     let status = AuthServiceClient::connect(format!("http://{}", gateway.local_addr()))
         .await
         .unwrap()
@@ -121,25 +118,22 @@ async fn the_gateway_refuses_an_upstream_certificate_it_does_not_trust() {
 #[tokio::test]
 async fn metrics_are_served_over_tls_with_the_same_certificate() {
     let ca = TestCa::new();
-    let tls = casebook::tls::ServerTls::from_files(
-        &ca.dir.path().join("server.pem"),
-        &ca.dir.path().join("server.key"),
-    )
-    .unwrap();
-    let addr = casebook::metrics::serve("127.0.0.1:0".parse().unwrap(), Some(tls))
-        .await
-        .unwrap();
+    let mut settings = casebook::config::ServerArgs::defaults().unwrap();
+    ca.serve_tls(&mut settings);
+    let addr =
+        casebook::server::serve_metrics(([127, 0, 0, 1], 0).into(), &Metrics::new(), &settings)
+            .await
+            .unwrap();
     let request = http::Request::get(format!("https://localhost:{}/metrics", addr.port()))
         .body(Full::new(Bytes::new()))
         .unwrap();
     let (parts, body) = https1(request, &ca.ca_pem).await;
     assert_eq!(parts.status, 200, "{body:?}");
-    assert!(
-        parts.headers["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
+    assert_eq!(
+        parts.headers["content-type"],
+        casebook::metrics::CONTENT_TYPE
     );
+    assert!(String::from_utf8_lossy(&body).ends_with("# EOF\n"));
 }
 
 #[tokio::test]
@@ -160,37 +154,31 @@ async fn bad_tls_settings_stop_the_start_and_name_the_setting() {
     ] {
         let env =
             Arc::new(TestEnv::new(common::Issuer::single(casebook::auth::Algorithm::EdDsa)).await);
-        let config = auth_svc::Config::try_parse_from(env.args(
-            "auth-svc",
-            &["--tls-cert-file", cert, "--tls-key-file", key],
-        ))
-        .unwrap();
-        let error = auth_svc::build(config).await.err().expect("start refused");
+        let mut config = env.auth_config();
+        config.service.server.tls.tls_cert_file = Some(cert.into());
+        config.service.server.tls.tls_key_file = Some(key.into());
+        let error = auth_svc::build(config, &Metrics::new())
+            .await
+            .err()
+            .expect("start refused");
         assert!(error.to_string().contains(expected), "{error}");
     }
-    let upstream =
-        start_gateway_config("https://localhost:1", &["--upstream-tls-ca-file", &not_pem]);
-    let error = gateway::build(upstream).await.err().expect("start refused");
+    let mut upstream = common::gateway_config("https://localhost:1", &[]);
+    upstream.upstream_tls_ca_file = Some(not_pem.into());
+    let error = gateway::build(upstream, &Metrics::new())
+        .await
+        .err()
+        .expect("start refused");
     let message = error.to_string();
     assert!(
         message.contains("UPSTREAM_TLS_CA_FILE") && message.contains("holds no certificate"),
         "{message}"
     );
-    let alone = auth_svc::Config::try_parse_from(["auth-svc", "--tls-cert-file", &cert]);
+    // The parser alone, without the environment's fallbacks.
+    let parser = auth_svc::Config::command().mut_args(|arg| arg.env(None));
+    let alone = parser.try_get_matches_from(["auth-svc", "--tls-cert-file", &cert]);
     assert!(
         alone.is_err(),
         "a certificate without its key is refused by the parser"
     );
-}
-
-fn start_gateway_config(auth_url: &str, extra: &[&str]) -> gateway::Config {
-    let mut args = vec![
-        "gateway",
-        "--listen-addr",
-        "127.0.0.1:0",
-        "--auth-svc-url",
-        auth_url,
-    ];
-    args.extend_from_slice(extra);
-    gateway::Config::try_parse_from(args).unwrap()
 }

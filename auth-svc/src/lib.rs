@@ -14,6 +14,7 @@ use casebook::{
     auth::AuthLayer,
     config::ServiceArgs,
     db::{Database, users::UserDirectory},
+    metrics::Metrics,
     pb::casebook::auth::v1::auth_service_server::AuthServiceServer,
     server::{self, GrpcServer, RunningServer, StartError},
 };
@@ -44,12 +45,18 @@ pub struct Config {
     pub probe: Option<server::Probe>,
 }
 
-/// Starts auth-svc: connects to the database, starts the JWKS cache and serves.
-/// Health turns SERVING once the first key set is loaded.
-pub async fn build(config: Config) -> Result<RunningServer, StartError> {
+/// The name auth-svc goes by in metrics.
+pub const SERVER_NAME: &str = "auth-svc";
+
+/// Starts auth-svc, recording in `metrics`: connects to the database, starts
+/// the JWKS cache and serves. Health turns SERVING once the first key set is
+/// loaded.
+pub async fn build(config: Config, metrics: &Metrics) -> Result<RunningServer, StartError> {
+    let metrics = metrics.for_server(SERVER_NAME);
     let verifier = config.service.auth.verifier()?;
+    verifier.report_to(&metrics);
     let users =
-        UserDirectory::open(Database::connect(&config.service.database, "auth-svc").await?).await?;
+        UserDirectory::open(Database::connect(&config.service.database, &metrics).await?).await?;
     let listener = server::bind(config.listen_addr).await?;
     verifier.keys().start();
     let keys = verifier.keys().clone();
@@ -57,6 +64,7 @@ pub async fn build(config: Config) -> Result<RunningServer, StartError> {
         .max_decoding_message_size(config.service.server.grpc_max_message_bytes);
     let server = GrpcServer::new(
         &config.service.server,
+        metrics,
         AuthLayer::new(verifier, &[VERIFY_TOKEN_PATH]),
     )?
     .add_service(service)

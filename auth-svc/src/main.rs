@@ -7,13 +7,13 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = auth_svc::Config::parse();
-    let start = auth_svc::build(config.clone());
+    let settings = config.clone();
     casebook::server::run_binary(
         config.probe,
         config.listen_addr,
         &config.service.telemetry,
         &config.service.server,
-        start,
+        |metrics| async move { auth_svc::build(settings, &metrics).await },
     )
     .await
 }

@@ -10,12 +10,11 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use casebook::{config::DatabaseArgs, db::Database};
+use casebook::{config::DatabaseArgs, db::Database, metrics::ServerMetrics};
 use casebook_stack::{
     better_auth,
     dev_issuer::{self, DevIssuer, Exposure},
 };
-use clap::Parser;
 
 /// A service process; killed when dropped.
 pub struct Service {
@@ -90,12 +89,6 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-#[derive(Parser)]
-struct DatabaseOnly {
-    #[command(flatten)]
-    database: DatabaseArgs,
-}
-
 /// How to start the system.
 pub struct Options<'a> {
     /// PostgreSQL (or SQLite) URL.
@@ -120,8 +113,8 @@ impl System {
         let key = dev_issuer::load_or_create_key(&data.0)?;
         let issuer =
             DevIssuer::start(key, "127.0.0.1:0".parse()?, None, Exposure::LoopbackOnly).await?;
-        let args = DatabaseOnly::try_parse_from(["bench", "--database-url", options.database_url])?;
-        let db = Database::connect(&args.database, "casebook-bench").await?;
+        let args = DatabaseArgs::for_url(options.database_url)?;
+        let db = Database::connect(&args, &ServerMetrics::detached("casebook-bench")).await?;
         better_auth::ensure_schema(&db).await?;
         let mut tokens = Vec::new();
         for i in 0..options.users {

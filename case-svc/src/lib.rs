@@ -17,6 +17,7 @@ use casebook::{
     auth::AuthLayer,
     config::{ServiceArgs, duration},
     db::Database,
+    metrics::Metrics,
     pb::casebook::cases::v1::case_service_server::CaseServiceServer,
     server::{self, GrpcServer, RunningServer, StartError},
 };
@@ -50,11 +51,17 @@ pub struct Config {
     pub probe: Option<server::Probe>,
 }
 
-/// Starts case-svc: migrates, starts the JWKS cache and the purge, serves.
-/// Refuses to start (one line saying so) if Better Auth's tables are missing.
-pub async fn build(config: Config) -> Result<RunningServer, StartError> {
+/// The name case-svc goes by in metrics.
+pub const SERVER_NAME: &str = "case-svc";
+
+/// Starts case-svc, recording in `metrics`: migrates, starts the JWKS cache
+/// and the purge, serves. Refuses to start (one line saying so) if Better
+/// Auth's tables are missing.
+pub async fn build(config: Config, metrics: &Metrics) -> Result<RunningServer, StartError> {
+    let metrics = metrics.for_server(SERVER_NAME);
     let verifier = config.service.auth.verifier()?;
-    let db = Database::connect(&config.service.database, "case-svc").await?;
+    verifier.report_to(&metrics);
+    let db = Database::connect(&config.service.database, &metrics).await?;
     let store = store::CaseStore::open(db).await.map_err(|e| match e {
         store::OpenError::Schema(schema) => StartError::Schema(schema),
         other => StartError::Storage(Box::new(other)),
@@ -66,7 +73,7 @@ pub async fn build(config: Config) -> Result<RunningServer, StartError> {
     let store = Arc::new(store);
     let listener = server::bind(config.listen_addr).await?;
     verifier.keys().start();
-    purge::start(Arc::clone(&store), config.case_purge_interval);
+    let purge = purge::run(Arc::clone(&store), config.case_purge_interval);
     let keys = verifier.keys().clone();
     let api = CaseApi::new(
         store,
@@ -75,9 +82,14 @@ pub async fn build(config: Config) -> Result<RunningServer, StartError> {
     );
     let service = CaseServiceServer::new(api)
         .max_decoding_message_size(config.service.server.grpc_max_message_bytes);
-    let server = GrpcServer::new(&config.service.server, AuthLayer::new(verifier, &[]))?
-        .add_service(service)
-        .serve(listener, async move { keys.wait_until_loaded().await })
-        .await?;
+    let mut server = GrpcServer::new(
+        &config.service.server,
+        metrics,
+        AuthLayer::new(verifier, &[]),
+    )?
+    .add_service(service)
+    .serve(listener, async move { keys.wait_until_loaded().await })
+    .await?;
+    server.own(purge);
     Ok(server)
 }

@@ -197,11 +197,7 @@ fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 fn unavailable(upstream: &Upstream, detail: &str) -> tonic::Status {
-    casebook::metrics::global().count(
-        "casebook_gateway_upstream_errors_total",
-        vec![("service", upstream.service().to_owned())],
-        1,
-    );
+    upstream.record_error();
     rpc_error::with_reason(
         Code::Unavailable,
         "UPSTREAM_UNAVAILABLE",

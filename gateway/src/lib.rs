@@ -13,6 +13,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use casebook::{
     config::{ServerArgs, TelemetryArgs, duration},
+    metrics::Metrics,
     server::{self, GrpcServer, RunningServer, StartError},
 };
 use clap::Parser;
@@ -78,9 +79,14 @@ pub struct Gateway {
     pub cases: Arc<Upstream>,
 }
 
-/// Starts the gateway. Its health reports each upstream service SERVING
-/// while at least one replica is, and the whole gateway ("") while all are.
-pub async fn build(config: Config) -> Result<Gateway, StartError> {
+/// The name the gateway goes by in metrics.
+pub const SERVER_NAME: &str = "gateway";
+
+/// Starts the gateway, recording in `metrics`. Its health reports each
+/// upstream service SERVING while at least one replica is, and the whole
+/// gateway ("") while all are.
+pub async fn build(config: Config, metrics: &Metrics) -> Result<Gateway, StartError> {
+    let metrics = metrics.for_server(SERVER_NAME);
     let invalid = |e: upstream::InvalidUpstream| {
         StartError::Config(casebook::config::ConfigError(e.to_string()))
     };
@@ -105,19 +111,24 @@ pub async fn build(config: Config) -> Result<Gateway, StartError> {
     )
     .map_err(invalid)?;
     let listener = server::bind(config.listen_addr).await?;
-    auth.watch().await;
-    cases.watch().await;
+    let watch_auth = auth.watch().await;
+    let watch_cases = cases.watch().await;
+    auth.report_to(&metrics);
+    cases.report_to(&metrics);
     let limits = Limits {
         max_call_timeout: config.max_call_timeout,
         max_request_bytes: config.max_request_bytes,
     };
-    let server = GrpcServer::without_auth(&config.server)?
+    let mut server = GrpcServer::without_auth(&config.server, metrics)?
         .add_service(Forward::<AuthRoute>::new(Arc::clone(&auth), limits))
         .add_service(Forward::<CaseRoute>::new(Arc::clone(&cases), limits))
         // Readiness is the upstreams' business: `report_health` decides.
         .serve(listener, std::future::pending())
         .await?;
-    report_health(&server, [Arc::clone(&auth), Arc::clone(&cases)]);
+    server.own(watch_auth);
+    server.own(watch_cases);
+    let health = report_health(&server, [Arc::clone(&auth), Arc::clone(&cases)]);
+    server.own(health);
     Ok(Gateway {
         server,
         auth,
@@ -125,10 +136,14 @@ pub async fn build(config: Config) -> Result<Gateway, StartError> {
     })
 }
 
-/// Mirrors upstream reachability into the gateway's own health.
-fn report_health(server: &RunningServer, upstreams: [Arc<Upstream>; 2]) {
+/// Mirrors upstream reachability into the gateway's own health, for as long
+/// as the returned future runs.
+fn report_health(
+    server: &RunningServer,
+    upstreams: [Arc<Upstream>; 2],
+) -> impl std::future::Future<Output = ()> + Send + use<> {
     let health = server.health().clone();
-    tokio::spawn(async move {
+    async move {
         let mut ticks = tokio::time::interval(upstream::WATCH_INTERVAL);
         loop {
             ticks.tick().await;
@@ -142,7 +157,7 @@ fn report_health(server: &RunningServer, upstreams: [Arc<Upstream>; 2]) {
             }
             health.set_service_status("", status(all)).await;
         }
-    });
+    }
 }
 
 fn status(serving: bool) -> ServingStatus {

@@ -7,13 +7,13 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = gateway::Config::parse();
-    let start = async { Ok(gateway::build(config.clone()).await?.server) };
+    let settings = config.clone();
     casebook::server::run_binary(
         config.probe,
         config.listen_addr,
         &config.telemetry,
         &config.server,
-        start,
+        |metrics| async move { Ok(gateway::build(settings, &metrics).await?.server) },
     )
     .await
 }

@@ -106,6 +106,7 @@ pub struct Upstream {
     targets: Vec<Target>,
     replicas: ArcSwap<Vec<Arc<Replica>>>,
     next: AtomicUsize,
+    errors: AtomicU64,
 }
 
 impl Upstream {
@@ -156,6 +157,7 @@ impl Upstream {
             targets,
             replicas: ArcSwap::from_pointee(Vec::new()),
             next: AtomicUsize::new(0),
+            errors: AtomicU64::new(0),
         }))
     }
 
@@ -189,18 +191,42 @@ impl Upstream {
         serving
     }
 
-    /// Resolves the targets and health-checks the replicas now, then keeps
-    /// doing so every [`WATCH_INTERVAL`] in the background.
-    pub async fn watch(self: &Arc<Self>) {
+    /// Resolves the targets and health-checks the replicas now; the
+    /// returned future keeps doing so every [`WATCH_INTERVAL`], for as long
+    /// as its owner (the gateway's server) runs it.
+    pub async fn watch(self: &Arc<Self>) -> impl std::future::Future<Output = ()> + Send + use<> {
         self.refresh().await;
         let upstream = Arc::clone(self);
-        tokio::spawn(async move {
+        async move {
             let mut ticks = tokio::time::interval(WATCH_INTERVAL);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
                 upstream.refresh().await;
             }
+        }
+    }
+
+    /// Counts a call no replica could take, or that failed in transit.
+    pub fn record_error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reports [`Self::record_error`]'s count in `metrics`.
+    pub fn report_to(self: &Arc<Self>, metrics: &casebook::metrics::ServerMetrics) {
+        let watched = Arc::downgrade(self);
+        metrics.report(move |samples| {
+            let Some(upstream) = watched.upgrade() else {
+                return false;
+            };
+            samples.push(
+                "casebook_gateway_upstream_errors",
+                "Gateway calls no replica could take, or that failed in transit",
+                casebook::metrics::SampleKind::Counter,
+                vec![("service", upstream.service.to_owned())],
+                upstream.errors.load(Ordering::Relaxed) as f64,
+            );
+            true
         });
     }
 

@@ -149,23 +149,48 @@ impl JwksCache {
     /// each expiry, retrying failures with capped exponential backoff. The
     /// task ends by itself once every clone of the cache is dropped.
     pub fn start(&self) {
-        let weak = Arc::downgrade(&self.shared);
-        let watched = weak.clone();
-        crate::metrics::global().register(move |gauges| {
+        tokio::spawn(refresh_loop(Arc::downgrade(&self.shared)));
+    }
+
+    /// Reports fetches and the age and size of the key set in `metrics`, for
+    /// as long as the cache lives.
+    pub fn report_to(&self, metrics: &crate::metrics::ServerMetrics) {
+        use crate::metrics::SampleKind;
+        let watched = Arc::downgrade(&self.shared);
+        metrics.report(move |samples| {
             let Some(shared) = watched.upgrade() else {
-                return;
+                return false;
             };
-            let url = vec![("url", shared.config.url.clone())];
-            if let Some(snapshot) = shared.current.load().as_ref() {
-                gauges.push((
-                    "casebook_jwks_age_seconds".into(),
-                    url.clone(),
-                    snapshot.fetched_at.elapsed().as_secs_f64(),
-                ));
-                gauges.push(("casebook_jwks_keys".into(), url, snapshot.keys.len() as f64));
+            let cache = JwksCache { shared };
+            let stats = cache.stats();
+            for (result, count) in [("ok", stats.succeeded), ("failed", stats.failed)] {
+                samples.push(
+                    "casebook_jwks_fetches",
+                    "JWKS fetches, by result",
+                    SampleKind::Counter,
+                    vec![("result", result.to_owned())],
+                    count as f64,
+                );
             }
+            let url = || vec![("url", cache.shared.config.url.clone())];
+            if let Some(snapshot) = cache.shared.current.load().as_ref() {
+                samples.push(
+                    "casebook_jwks_age_seconds",
+                    "Age of the key set in use",
+                    SampleKind::Gauge,
+                    url(),
+                    snapshot.fetched_at.elapsed().as_secs_f64(),
+                );
+                samples.push(
+                    "casebook_jwks_keys",
+                    "Usable keys in the key set in use",
+                    SampleKind::Gauge,
+                    url(),
+                    snapshot.keys.len() as f64,
+                );
+            }
+            true
         });
-        tokio::spawn(refresh_loop(weak));
     }
 
     /// Resolves once a key set has been loaded.
@@ -277,12 +302,6 @@ impl JwksCache {
                 tracing::warn!(url = %self.shared.config.url, %error, "JWKS fetch failed")
             }
         }
-        let label = if result.is_ok() { "ok" } else { "failed" };
-        crate::metrics::global().count(
-            "casebook_jwks_fetches_total",
-            vec![("result", label.into())],
-            1,
-        );
         let outcome = result.map(|(keys, ttl)| {
             self.shared.current.store(Some(Arc::new(Snapshot {
                 keys,

@@ -1,8 +1,12 @@
 //! The whole token check: parse, find the key, verify, validate claims.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
-use std::sync::Arc;
+use crate::metrics::{SampleKind, ServerMetrics};
 
 use super::{
     Algorithm, AuthError, JwksCache, Principal,
@@ -52,6 +56,8 @@ pub struct TokenVerifier {
     keys: JwksCache,
     policy: Arc<VerificationPolicy>,
     verified: Arc<VerifiedTokens>,
+    /// Rejections by reason: a bounded map (reasons are a fixed set).
+    rejections: Arc<Mutex<BTreeMap<&'static str, u64>>>,
 }
 
 impl TokenVerifier {
@@ -63,28 +69,51 @@ impl TokenVerifier {
 
     /// Like [`Self::new`], remembering up to `cached_tokens` (0: none).
     pub fn with_cache(keys: JwksCache, policy: VerificationPolicy, cached_tokens: usize) -> Self {
-        let verified = Arc::new(VerifiedTokens::new(cached_tokens));
-        let watched = Arc::downgrade(&verified);
-        crate::metrics::global().register(move |gauges| {
-            if let Some(cache) = watched.upgrade() {
-                let stats = cache.stats();
-                gauges.push((
-                    "casebook_token_cache_hits_total".into(),
-                    Vec::new(),
-                    stats.hits as f64,
-                ));
-                gauges.push((
-                    "casebook_token_cache_misses_total".into(),
-                    Vec::new(),
-                    stats.misses as f64,
-                ));
-            }
-        });
         Self {
             keys,
             policy: Arc::new(policy),
-            verified,
+            verified: Arc::new(VerifiedTokens::new(cached_tokens)),
+            rejections: Arc::default(),
         }
+    }
+
+    /// Reports rejections, the verified-token cache and the key cache in
+    /// `metrics`, for as long as the verifier lives.
+    pub fn report_to(&self, metrics: &ServerMetrics) {
+        self.keys.report_to(metrics);
+        let cache = Arc::downgrade(&self.verified);
+        let rejections = Arc::downgrade(&self.rejections);
+        metrics.report(move |samples| {
+            let (Some(cache), Some(rejections)) = (cache.upgrade(), rejections.upgrade()) else {
+                return false;
+            };
+            let stats = cache.stats();
+            for (name, help, value) in [
+                (
+                    "casebook_token_cache_hits",
+                    "Bearer tokens found in the verified-token cache",
+                    stats.hits,
+                ),
+                (
+                    "casebook_token_cache_misses",
+                    "Bearer tokens verified in full",
+                    stats.misses,
+                ),
+            ] {
+                samples.push(name, help, SampleKind::Counter, vec![], value as f64);
+            }
+            let rejections = rejections.lock().unwrap_or_else(PoisonError::into_inner);
+            for (reason, count) in rejections.iter() {
+                samples.push(
+                    "casebook_token_rejections",
+                    "Bearer tokens refused, by ErrorInfo reason",
+                    SampleKind::Counter,
+                    vec![("reason", (*reason).to_owned())],
+                    *count as f64,
+                );
+            }
+            true
+        });
     }
 
     /// Verified-token cache hits and misses.
@@ -119,11 +148,12 @@ impl TokenVerifier {
                 Ok(principal)
             }
             Err(error) => {
-                crate::metrics::global().count(
-                    "casebook_token_rejections_total",
-                    vec![("reason", error.reason().to_owned())],
-                    1,
-                );
+                *self
+                    .rejections
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(error.reason())
+                    .or_default() += 1;
                 tracing::info!(
                     reason = error.reason(),
                     kid = kid.as_deref().map(|k| truncate(k, 64)),

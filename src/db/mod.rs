@@ -26,7 +26,10 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions},
 };
 
-use crate::config::DatabaseArgs;
+use crate::{
+    config::DatabaseArgs,
+    metrics::{SampleKind, ServerMetrics},
+};
 
 /// A connection pool to one of the supported databases, with its metrics.
 #[derive(Clone, Debug)]
@@ -99,16 +102,19 @@ pub enum ConnectError {
 }
 
 impl Database {
-    /// Opens a pool for `args.database_url`, reported in metrics as `service`'s.
+    /// Opens a pool for `args.database_url`, reported in `metrics`.
     /// A SQLite file (and its directory) is created if missing, in WAL mode so
     /// readers do not block the writer.
-    pub async fn connect(args: &DatabaseArgs, service: &'static str) -> Result<Self, ConnectError> {
+    pub async fn connect(
+        args: &DatabaseArgs,
+        metrics: &ServerMetrics,
+    ) -> Result<Self, ConnectError> {
         let pool = Self::open_pool(args).await?;
         let db = Self(Arc::new(Shared {
             pool,
             waiting: AtomicUsize::new(0),
         }));
-        db.report_metrics(service, redact(&args.database_url));
+        db.report_to(metrics, redact(&args.database_url));
         Ok(db)
     }
 
@@ -158,49 +164,51 @@ impl Database {
         Err(ConnectError::UnsupportedUrl(redact(url)))
     }
 
-    /// Serves the pool's [`PoolStats`] as gauges labelled with `service` and
-    /// the (password-free) database URL, for as long as the pool lives.
-    fn report_metrics(&self, service: &'static str, database: String) {
+    /// Reports the pool's [`PoolStats`] as gauges labelled with the
+    /// (credential-free) database URL, for as long as the pool lives.
+    fn report_to(&self, metrics: &ServerMetrics, database: String) {
         // Weak, so the pool closes when its last user drops it.
         let watched = Arc::downgrade(&self.0);
-        crate::metrics::global().register(move |gauges| {
+        metrics.report(move |samples| {
             let Some(shared) = watched.upgrade() else {
-                return;
+                return false;
             };
             let db = Database(shared);
             if db.is_closed() {
-                return;
+                return false;
             }
             let stats = db.stats();
             let labels = |state: Option<&'static str>| {
-                let mut labels = vec![
-                    ("service", service.to_owned()),
-                    ("database", database.clone()),
-                ];
+                let mut labels = vec![("database", database.clone())];
                 labels.extend(state.map(|state| ("state", state.to_owned())));
                 labels
             };
             let in_use = (stats.size as usize).saturating_sub(stats.idle);
-            gauges.push((
-                "casebook_db_pool_connections".into(),
-                labels(Some("idle")),
-                stats.idle as f64,
-            ));
-            gauges.push((
-                "casebook_db_pool_connections".into(),
-                labels(Some("in_use")),
-                in_use as f64,
-            ));
-            gauges.push((
-                "casebook_db_pool_max_connections".into(),
+            let connections = "Open database connections, idle or in use";
+            for (state, count) in [("idle", stats.idle), ("in_use", in_use)] {
+                samples.push(
+                    "casebook_db_pool_connections",
+                    connections,
+                    SampleKind::Gauge,
+                    labels(Some(state)),
+                    count as f64,
+                );
+            }
+            samples.push(
+                "casebook_db_pool_max_connections",
+                "DATABASE_MAX_CONNECTIONS",
+                SampleKind::Gauge,
                 labels(None),
                 f64::from(stats.max),
-            ));
-            gauges.push((
-                "casebook_db_pool_waiting".into(),
+            );
+            samples.push(
+                "casebook_db_pool_waiting",
+                "Calls waiting for a database connection right now",
+                SampleKind::Gauge,
                 labels(None),
                 stats.waiting as f64,
-            ));
+            );
+            true
         });
     }
 
@@ -304,14 +312,43 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
     }
 }
 
-/// A URL with its credentials removed, safe to print or to use as a label.
+/// Query parameters that carry a credential (libpq's and sqlx's names).
+const SECRET_PARAMETERS: [&str; 4] = ["password", "sslpassword", "sslkey", "passfile"];
+
+/// A URL with its credentials removed, safe to print or to use as a label:
+/// the user info and the value of every credential query parameter.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut redacted = match (base.find("://"), base.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://…@{}", &url[..scheme_end], &url[at + 1..])
+            format!("{}://…@{}", &base[..scheme_end], &base[at + 1..])
         }
-        _ => url.to_owned(),
+        _ => base.to_owned(),
+    };
+    if let Some(query) = query {
+        let parameters: Vec<String> = query
+            .split('&')
+            .map(|parameter| {
+                let name = parameter
+                    .split_once('=')
+                    .map_or(parameter, |(name, _)| name);
+                if SECRET_PARAMETERS
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(name))
+                {
+                    format!("{name}=…")
+                } else {
+                    parameter.to_owned()
+                }
+            })
+            .collect();
+        redacted.push('?');
+        redacted.push_str(&parameters.join("&"));
     }
+    redacted
 }
 
 #[cfg(test)]
@@ -370,6 +407,18 @@ mod tests {
         assert_eq!(
             redact("sqlite://data/casebook.db"),
             "sqlite://data/casebook.db"
+        );
+    }
+
+    #[test]
+    fn credential_query_parameters_lose_their_values() {
+        assert_eq!(
+            redact("postgres://db/app?password=hunter2&sslmode=require&SSLPassword=x"),
+            "postgres://db/app?password=…&sslmode=require&SSLPassword=…"
+        );
+        assert_eq!(
+            redact("postgres://u:p@/db?host=/cloudsql/p:r:i&password=s"),
+            "postgres://…@/db?host=/cloudsql/p:r:i&password=…"
         );
     }
 }

@@ -10,8 +10,9 @@ pub mod dev_issuer;
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use casebook::{
-    config::{DatabaseArgs, duration},
+    config::{DatabaseArgs, ServerArgs, ServiceArgs, duration},
     db::Database,
+    metrics::{Metrics, ServerMetrics},
     server::RunningServer,
 };
 use clap::{Args, Parser, Subcommand};
@@ -108,19 +109,11 @@ impl StackArgs {
     }
 
     async fn database(&self) -> anyhow::Result<Database> {
-        let url = self.database_url();
-        let args = DatabaseOnly::try_parse_from(["casebook", "--database-url", &url])?;
-        let db = Database::connect(&args.database, "casebook").await?;
+        let args = DatabaseArgs::for_url(&self.database_url())?;
+        let db = Database::connect(&args, &ServerMetrics::detached("casebook")).await?;
         better_auth::ensure_schema(&db).await?;
         Ok(db)
     }
-}
-
-/// `DatabaseArgs` alone, so the stack opens the database exactly as services do.
-#[derive(Parser)]
-struct DatabaseOnly {
-    #[command(flatten)]
-    database: DatabaseArgs,
 }
 
 /// The running stack.
@@ -151,43 +144,35 @@ impl Stack {
         let demo = better_auth::ensure_user(&db, DEMO_EMAIL, "Demo User").await?;
         db.close().await;
         let issuer = DevIssuer::start(key, args.issuer_addr, None, Exposure::LoopbackOnly).await?;
+        let registry = Metrics::new();
         let database_url = args.database_url();
-        let service_args = |program: &str, addr: SocketAddr| {
-            [
-                program.to_owned(),
-                "--listen-addr".into(),
-                addr.to_string(),
-                "--better-auth-url".into(),
-                issuer.url().to_owned(),
-                "--database-url".into(),
-                database_url.clone(),
-            ]
+        let service = |service: &mut ServiceArgs| {
+            service.auth.better_auth_url = Some(issuer.url().to_owned());
+            service.database.database_url.clone_from(&database_url);
         };
-        let auth = auth_svc::build(auth_svc::Config::try_parse_from(service_args(
-            "auth-svc",
-            args.auth_svc_addr,
-        ))?)
-        .await?;
-        let cases = case_svc::build(case_svc::Config::try_parse_from(service_args(
-            "case-svc",
-            args.case_svc_addr,
-        ))?)
-        .await?;
-        let gateway = gateway::build(gateway::Config::try_parse_from([
-            "gateway".to_owned(),
-            "--listen-addr".into(),
-            args.gateway_addr.to_string(),
-            "--auth-svc-url".into(),
-            format!("http://{}", auth.local_addr()),
-            "--case-svc-url".into(),
-            format!("http://{}", cases.local_addr()),
-            "--cors-allowed-origins".into(),
-            args.cors_allowed_origins.join(","),
-        ])?)
-        .await?;
+        let mut auth = casebook::config::defaults::<auth_svc::Config>()?;
+        auth.listen_addr = args.auth_svc_addr;
+        service(&mut auth.service);
+        let auth = auth_svc::build(auth, &registry).await?;
+        let mut cases = casebook::config::defaults::<case_svc::Config>()?;
+        cases.listen_addr = args.case_svc_addr;
+        service(&mut cases.service);
+        let cases = case_svc::build(cases, &registry).await?;
+        let mut gateway = casebook::config::defaults::<gateway::Config>()?;
+        gateway.listen_addr = args.gateway_addr;
+        gateway.auth_svc_url = vec![format!("http://{}", auth.local_addr())];
+        gateway.case_svc_url = vec![format!("http://{}", cases.local_addr())];
+        gateway
+            .server
+            .cors_allowed_origins
+            .clone_from(&args.cors_allowed_origins);
+        let gateway = gateway::build(gateway, &registry).await?;
         let token = issuer.mint(&demo, args.token_lifetime);
         let metrics = match args.metrics_addr {
-            Some(addr) => Some(casebook::metrics::serve(addr, None).await?),
+            Some(addr) => {
+                let limits = ServerArgs::defaults()?;
+                Some(casebook::server::serve_metrics(addr, &registry, &limits).await?)
+            }
             None => None,
         };
         Ok(Self {

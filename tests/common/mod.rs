@@ -15,10 +15,10 @@ use std::{
 
 use casebook::{
     auth::{Algorithm, issuer::SigningKey},
+    metrics::Metrics,
     rpc_error::ERROR_DOMAIN,
     server::RunningServer,
 };
-use clap::Parser;
 use http_body_util::Full;
 use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
@@ -463,10 +463,26 @@ impl TestEnv {
         }
     }
 
-    /// The command line of `program` pointed at this environment, then `extra`.
-    pub fn args(&self, program: &str, extra: &[&str]) -> Vec<String> {
+    /// auth-svc's configuration pointed at this environment, on port 0.
+    pub fn auth_config(&self) -> auth_svc::Config {
+        let mut config: auth_svc::Config = casebook::config::defaults().unwrap();
+        config.listen_addr = ([127, 0, 0, 1], 0).into();
+        self.point(&mut config.service);
+        config
+    }
+
+    /// case-svc's configuration pointed at this environment, on port 0.
+    pub fn case_config(&self) -> case_svc::Config {
+        let mut config: case_svc::Config = casebook::config::defaults().unwrap();
+        config.listen_addr = ([127, 0, 0, 1], 0).into();
+        self.point(&mut config.service);
+        config
+    }
+
+    /// The command-line flags that point a service binary at this
+    /// environment, then `extra` (for tests of the binaries themselves).
+    pub fn flags(&self, extra: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = [
-            program,
             "--listen-addr",
             "127.0.0.1:0",
             "--better-auth-url",
@@ -482,6 +498,12 @@ impl TestEnv {
         args
     }
 
+    fn point(&self, service: &mut casebook::config::ServiceArgs) {
+        service.auth.better_auth_url = Some(ISSUER.to_owned());
+        service.auth.jwks_url = Some(self.jwks.url());
+        service.database.database_url = self.db.url().to_owned();
+    }
+
     /// Inserts a Better Auth user and returns a valid token for it.
     pub async fn user(&self, id: &str) -> String {
         self.db
@@ -491,10 +513,12 @@ impl TestEnv {
     }
 }
 
-/// A service running on an ephemeral port inside its [`TestEnv`].
+/// A service running on an ephemeral port inside its [`TestEnv`], with a
+/// metrics registry of its own.
 pub struct Running {
     pub server: RunningServer,
     pub env: Arc<TestEnv>,
+    pub metrics: Metrics,
 }
 
 impl std::ops::Deref for Running {
@@ -523,24 +547,37 @@ impl Running {
 pub type AuthSvc = Running;
 
 impl AuthSvc {
-    /// Every algorithm published; `extra` flags appended to the command line.
-    pub async fn start(extra: &[&str]) -> Self {
-        Self::start_with(Issuer::every_algorithm(), extra).await
+    /// Every algorithm published; `configure` adjusts the settings.
+    pub async fn start(configure: impl FnOnce(&mut auth_svc::Config)) -> Self {
+        Self::start_with(Issuer::every_algorithm(), configure).await
     }
 
-    pub async fn start_with(issuer: Issuer, extra: &[&str]) -> Self {
-        Self::start_in(Arc::new(TestEnv::new(issuer).await), extra).await
+    pub async fn start_with(issuer: Issuer, configure: impl FnOnce(&mut auth_svc::Config)) -> Self {
+        Self::start_in(Arc::new(TestEnv::new(issuer).await), configure).await
     }
 
     /// Starts against a JWKS server the test prepared (e.g. already down).
-    pub async fn start_on(jwks: JwksServer, issuer: Issuer, extra: &[&str]) -> Self {
-        Self::start_in(Arc::new(TestEnv::with_jwks(jwks, issuer).await), extra).await
+    pub async fn start_on(
+        jwks: JwksServer,
+        issuer: Issuer,
+        configure: impl FnOnce(&mut auth_svc::Config),
+    ) -> Self {
+        Self::start_in(Arc::new(TestEnv::with_jwks(jwks, issuer).await), configure).await
     }
 
-    pub async fn start_in(env: Arc<TestEnv>, extra: &[&str]) -> Self {
-        let config = auth_svc::Config::try_parse_from(env.args("auth-svc", extra)).unwrap();
-        let server = auth_svc::build(config).await.unwrap();
-        Self { server, env }
+    pub async fn start_in(
+        env: Arc<TestEnv>,
+        configure: impl FnOnce(&mut auth_svc::Config),
+    ) -> Self {
+        let mut config = env.auth_config();
+        configure(&mut config);
+        let metrics = Metrics::new();
+        let server = auth_svc::build(config, &metrics).await.unwrap();
+        Self {
+            server,
+            env,
+            metrics,
+        }
     }
 
     pub async fn client(
@@ -564,18 +601,27 @@ impl std::ops::Deref for CaseSvc {
 }
 
 impl CaseSvc {
-    pub async fn start(extra: &[&str]) -> Self {
+    pub async fn start(configure: impl FnOnce(&mut case_svc::Config)) -> Self {
         Self::start_in(
             Arc::new(TestEnv::new(Issuer::single(Algorithm::EdDsa)).await),
-            extra,
+            configure,
         )
         .await
     }
 
-    pub async fn start_in(env: Arc<TestEnv>, extra: &[&str]) -> Self {
-        let config = case_svc::Config::try_parse_from(env.args("case-svc", extra)).unwrap();
-        let server = case_svc::build(config).await.unwrap();
-        Self(Running { server, env })
+    pub async fn start_in(
+        env: Arc<TestEnv>,
+        configure: impl FnOnce(&mut case_svc::Config),
+    ) -> Self {
+        let mut config = env.case_config();
+        configure(&mut config);
+        let metrics = Metrics::new();
+        let server = case_svc::build(config, &metrics).await.unwrap();
+        Self(Running {
+            server,
+            env,
+            metrics,
+        })
     }
 
     pub async fn client(
@@ -778,21 +824,24 @@ fn decode_grpc_web(parts: http::response::Parts, body: Bytes, text: bool) -> Grp
     }
 }
 
+/// The gateway's configuration on port 0 in front of the given upstream URLs.
+pub fn gateway_config(auth_url: &str, case_urls: &[String]) -> gateway::Config {
+    let mut config: gateway::Config = casebook::config::defaults().unwrap();
+    config.listen_addr = ([127, 0, 0, 1], 0).into();
+    config.auth_svc_url = vec![auth_url.to_owned()];
+    config.case_svc_url = case_urls.to_vec();
+    config
+}
+
 /// A gateway on an ephemeral port in front of the given upstream URLs.
-pub async fn start_gateway(auth_url: &str, case_url: &str, extra: &[&str]) -> gateway::Gateway {
-    let mut args = vec![
-        "gateway",
-        "--listen-addr",
-        "127.0.0.1:0",
-        "--auth-svc-url",
-        auth_url,
-        "--case-svc-url",
-        case_url,
-    ];
-    args.extend_from_slice(extra);
-    gateway::build(gateway::Config::try_parse_from(args).unwrap())
-        .await
-        .unwrap()
+pub async fn start_gateway(
+    auth_url: &str,
+    case_url: &str,
+    configure: impl FnOnce(&mut gateway::Config),
+) -> gateway::Gateway {
+    let mut config = gateway_config(auth_url, &[case_url.to_owned()]);
+    configure(&mut config);
+    gateway::build(config, &Metrics::new()).await.unwrap()
 }
 
 /// The whole system behind a gateway: auth-svc and `case_replicas` case-svc
@@ -802,30 +851,32 @@ pub struct GatewayStack {
     pub auth: AuthSvc,
     pub cases: Vec<CaseSvc>,
     pub env: Arc<TestEnv>,
+    pub metrics: Metrics,
 }
 
 impl GatewayStack {
-    pub async fn start(case_replicas: usize, gateway_extra: &[&str]) -> Self {
+    pub async fn start(case_replicas: usize, configure: impl FnOnce(&mut gateway::Config)) -> Self {
         let env = Arc::new(TestEnv::new(Issuer::single(Algorithm::EdDsa)).await);
-        let auth = AuthSvc::start_in(Arc::clone(&env), &[]).await;
+        let auth = AuthSvc::start_in(Arc::clone(&env), |_| {}).await;
         let mut cases = Vec::new();
         for _ in 0..case_replicas {
-            cases.push(CaseSvc::start_in(Arc::clone(&env), &[]).await);
+            cases.push(CaseSvc::start_in(Arc::clone(&env), |_| {}).await);
         }
-        let case_urls = cases
+        let case_urls: Vec<String> = cases
             .iter()
             .map(|c| format!("http://{}", c.addr()))
-            .collect::<Vec<_>>()
-            .join(",");
-        let auth_url = format!("http://{}", auth.addr());
-        let mut extra = vec!["--cors-allowed-origins", "http://app.test"];
-        extra.extend_from_slice(gateway_extra);
-        let gateway = start_gateway(&auth_url, &case_urls, &extra).await;
+            .collect();
+        let mut config = gateway_config(&format!("http://{}", auth.addr()), &case_urls);
+        config.server.cors_allowed_origins = vec!["http://app.test".into()];
+        configure(&mut config);
+        let metrics = Metrics::new();
+        let gateway = gateway::build(config, &metrics).await.unwrap();
         Self {
             gateway,
             auth,
             cases,
             env,
+            metrics,
         }
     }
 
@@ -868,14 +919,10 @@ impl TestCa {
         self.dir.path().join(name).display().to_string()
     }
 
-    /// Flags that turn TLS on with the server certificate.
-    pub fn server_flags(&self) -> Vec<String> {
-        vec![
-            "--tls-cert-file".into(),
-            self.path("server.pem"),
-            "--tls-key-file".into(),
-            self.path("server.key"),
-        ]
+    /// Turns TLS on with the server certificate.
+    pub fn serve_tls(&self, server: &mut casebook::config::ServerArgs) {
+        server.tls.tls_cert_file = Some(self.path("server.pem").into());
+        server.tls.tls_key_file = Some(self.path("server.key").into());
     }
 
     /// A channel to `addr` over TLS, checking the certificate against this CA.

@@ -33,6 +33,13 @@ pub fn with_reason_and_metadata(
     )
 }
 
+/// `status` with a `RetryInfo` detail added: when a retry may succeed.
+pub fn with_retry_after(status: Status, retry_after: std::time::Duration) -> Status {
+    let mut details = status.get_error_details();
+    details.set_retry_info(Some(retry_after));
+    Status::with_error_details(status.code(), status.message(), details)
+}
+
 /// The status for a failed database call: `UNAVAILABLE` (reason
 /// `DATABASE_UNAVAILABLE`) when the database is down or too busy and a retry
 /// may succeed ([`crate::db::is_transient`]), else `INTERNAL`. `what` names

@@ -61,6 +61,37 @@ async fn a_newly_published_key_is_accepted_after_one_refetch() {
 }
 
 #[tokio::test]
+async fn a_key_published_just_after_an_unknown_kid_fetch_is_retry_later_not_unknown() {
+    let known = key("known");
+    let (server, verifier) = loaded(&[&known]).await;
+    // An unknown kid spends the on-demand fetch: a fetch that lacks it.
+    let stranger = key("stranger").sign(&claims("u"));
+    assert_eq!(verifier.verify(&stranger).await, Err(AuthError::UnknownKey));
+    let hits = server.hits();
+
+    // Better Auth rotates a moment later; the cooldown forbids a fetch now.
+    let rotated = key("rotated");
+    server.publish(issuer::jwks([&known, &rotated]));
+    let token = rotated.sign(&claims("u"));
+    match verifier.verify(&token).await {
+        Err(error @ AuthError::KeyNotFetchedYet { retry_after }) => {
+            assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(30));
+            let status = tonic::Status::from(error);
+            assert_eq!(status.code(), tonic::Code::Unavailable);
+            let retry = tonic_types::StatusExt::get_details_retry_info(&status)
+                .and_then(|info| info.retry_delay);
+            assert_eq!(retry, Some(retry_after), "RetryInfo says when");
+        }
+        other => panic!("a valid token must not be told not to retry: {other:?}"),
+    }
+    assert_eq!(server.hits(), hits, "no fetch within the cooldown");
+
+    // The next fetch (here the background one) brings the key in.
+    verifier.keys().refresh().await.unwrap();
+    verifier.verify(&token).await.unwrap();
+}
+
+#[tokio::test]
 async fn a_removed_key_stops_verifying_after_the_next_refresh() {
     let old = key("old");
     let new = key("new");
@@ -92,7 +123,12 @@ async fn a_flood_of_unknown_kids_causes_at_most_one_fetch() {
         })
         .collect();
     for task in tasks {
-        assert_eq!(task.await.unwrap(), Err(AuthError::UnknownKey));
+        // Joined the one fetch and it lacked the kid, or came after it
+        // within the cooldown: "retry later".
+        match task.await.unwrap() {
+            Err(AuthError::UnknownKey | AuthError::KeyNotFetchedYet { .. }) => {}
+            other => panic!("{other:?}"),
+        }
     }
     assert!(
         server.hits() - before <= 1,

@@ -53,15 +53,18 @@ fn truncate(text: &str) -> String {
     text.chars().take(64).collect()
 }
 
-/// A case title: non-blank, at most 200 characters once trimmed, no control
-/// characters. Kept exactly as sent.
+/// A case title: non-blank, at most 200 characters, no control characters.
+/// Stored trimmed, so what is counted is what is kept (a visible character
+/// padded with a megabyte of ideographic spaces is one character, and one
+/// character is what gets stored).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Title(String);
 
 impl Title {
     /// Checks `title` as the request field `field`.
     pub fn parse(title: &str, field: &str) -> Result<Self, FieldViolation> {
-        let length = title.trim().chars().count();
+        let title = title.trim();
+        let length = title.chars().count();
         if length == 0 {
             return Err(FieldViolation::new(field, "required: a non-blank title"));
         }
@@ -80,14 +83,14 @@ impl Title {
         Ok(Self(title.to_owned()))
     }
 
-    /// The title as stored.
+    /// The title as stored (at most 4 bytes per character: 800 bytes).
     pub fn as_str(&self) -> &str {
         &self.0
     }
 }
 
-/// A case description: at most 10,000 characters, no NUL (which PostgreSQL
-/// text cannot hold). Kept exactly as sent.
+/// A case description: at most 10,000 characters (so at most 40,000 bytes),
+/// no NUL (which PostgreSQL text cannot hold). Kept exactly as sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Description(String);
 
@@ -208,8 +211,10 @@ mod tests {
     }
 
     #[test]
-    fn titles_are_checked_after_trimming_but_kept_verbatim() {
-        assert_eq!(Title::parse("  hi  ", "t").unwrap().as_str(), "  hi  ");
+    fn titles_are_trimmed_before_they_are_counted_and_stored() {
+        assert_eq!(Title::parse("  hi  ", "t").unwrap().as_str(), "hi");
+        let padded = format!("x{}", "\u{3000}".repeat(300_000));
+        assert_eq!(Title::parse(&padded, "t").unwrap().as_str().len(), 1);
         assert!(Title::parse("   ", "t").is_err());
         assert!(Title::parse(&"é".repeat(200), "t").is_ok());
         assert!(Title::parse(&"é".repeat(201), "t").is_err());

@@ -37,6 +37,14 @@ pub enum AuthError {
     /// No key in the issuer's JWKS matches the token's `kid`.
     #[error("token is signed with a key the issuer does not publish")]
     UnknownKey,
+    /// No key matches the token's `kid`, and the JWKS was last fetched for
+    /// an unknown key too recently to fetch it again: the key may have been
+    /// published since (a rotation), so the caller should retry.
+    #[error("token is signed with a key not fetched yet; retry after {retry_after:?}")]
+    KeyNotFetchedYet {
+        /// When the next fetch for an unknown key may happen.
+        retry_after: std::time::Duration,
+    },
     /// The key named by `kid` cannot verify the token's `alg`.
     #[error("token algorithm does not match its key")]
     KeyAlgorithmMismatch,
@@ -78,6 +86,7 @@ impl AuthError {
             Self::UnsupportedCriticalHeader => "UNSUPPORTED_CRITICAL_HEADER",
             Self::AlgorithmNotAllowed => "ALGORITHM_NOT_ALLOWED",
             Self::UnknownKey => "UNKNOWN_KEY",
+            Self::KeyNotFetchedYet { .. } => "KEY_NOT_FETCHED_YET",
             Self::KeyAlgorithmMismatch => "KEY_ALGORITHM_MISMATCH",
             Self::InvalidSignature => "INVALID_SIGNATURE",
             Self::TokenExpired => "TOKEN_EXPIRED",
@@ -90,11 +99,12 @@ impl AuthError {
         }
     }
 
-    /// The gRPC code: `UNAVAILABLE` when keys cannot be had (retrying may
-    /// help), `UNAUTHENTICATED` for every problem with the credential itself.
+    /// The gRPC code: `UNAVAILABLE` when keys cannot be had or not yet
+    /// (retrying may help), `UNAUTHENTICATED` for every problem with the
+    /// credential itself.
     pub fn code(&self) -> Code {
         match self {
-            Self::JwksUnavailable => Code::Unavailable,
+            Self::JwksUnavailable | Self::KeyNotFetchedYet { .. } => Code::Unavailable,
             _ => Code::Unauthenticated,
         }
     }
@@ -108,11 +118,17 @@ impl From<AuthError> for Status {
             }
             _ => Default::default(),
         };
-        rpc_error::with_reason_and_metadata(
+        let status = rpc_error::with_reason_and_metadata(
             error.code(),
             error.reason(),
             error.to_string(),
             metadata,
-        )
+        );
+        match error {
+            AuthError::KeyNotFetchedYet { retry_after } => {
+                rpc_error::with_retry_after(status, retry_after)
+            }
+            _ => status,
+        }
     }
 }

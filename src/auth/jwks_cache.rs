@@ -226,22 +226,30 @@ impl JwksCache {
         if let Some(key) = usable.as_ref().and_then(|s| s.keys.find(kid)) {
             return Ok(Arc::clone(key));
         }
-        if self.claim_on_demand_fetch() {
-            let seen = self.shared.attempts.load(Ordering::Acquire);
-            // A failure is already logged and counted; the lookup below decides.
-            let _ = self.refresh_after(seen).await;
-            return match self.usable_snapshot() {
-                Some(snapshot) => snapshot
-                    .keys
-                    .find(kid)
-                    .cloned()
-                    .ok_or(AuthError::UnknownKey),
-                None => Err(AuthError::JwksUnavailable),
-            };
-        }
-        match usable {
-            Some(_) => Err(AuthError::UnknownKey),
-            None => Err(AuthError::JwksUnavailable),
+        let seen = self.shared.attempts.load(Ordering::Acquire);
+        let wait = match self.claim_on_demand_fetch() {
+            Ok(()) => None,
+            // Within the cooldown a fetch already running still decides...
+            Err(_) if self.shared.fetch_lock.try_lock().is_err() => None,
+            // ...but with none running, nobody has looked for this key since
+            // it may have been published: "retry later", not "bad token".
+            Err(remaining) => Some(remaining),
+        };
+        match (wait, usable) {
+            (None, _) => {
+                // A failure is already logged and counted; the lookup decides.
+                let _ = self.refresh_after(seen).await;
+                match self.usable_snapshot() {
+                    Some(snapshot) => snapshot
+                        .keys
+                        .find(kid)
+                        .cloned()
+                        .ok_or(AuthError::UnknownKey),
+                    None => Err(AuthError::JwksUnavailable),
+                }
+            }
+            (Some(retry_after), Some(_)) => Err(AuthError::KeyNotFetchedYet { retry_after }),
+            (Some(_), None) => Err(AuthError::JwksUnavailable),
         }
     }
 
@@ -266,18 +274,21 @@ impl JwksCache {
             .then_some(snapshot)
     }
 
-    /// Takes the on-demand fetch slot if the cooldown has passed.
-    fn claim_on_demand_fetch(&self) -> bool {
+    /// Takes the on-demand fetch slot if the cooldown has passed; otherwise
+    /// says how much of it remains.
+    fn claim_on_demand_fetch(&self) -> Result<(), Duration> {
         let now = Instant::now();
         let mut last = match self.shared.last_on_demand.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
         match *last {
-            Some(at) if now < at + self.shared.config.refetch_cooldown => false,
+            Some(at) if now < at + self.shared.config.refetch_cooldown => {
+                Err(at + self.shared.config.refetch_cooldown - now)
+            }
             _ => {
                 *last = Some(now);
-                true
+                Ok(())
             }
         }
     }

@@ -1,5 +1,6 @@
 //! A request tonic could not decode is the caller's error, not ours: its
-//! status is restated as `INVALID_ARGUMENT` (`MALFORMED_MESSAGE`), and an
+//! status is restated as `INVALID_ARGUMENT` (`MALFORMED_MESSAGE`; a body
+//! with no message at all, or one cut off mid-frame, included), and an
 //! over-size message as `RESOURCE_EXHAUSTED` (`MESSAGE_TOO_LARGE`, as the
 //! gRPC status-code table asks), each with an `ErrorInfo`, so neither pages
 //! the operator as an `INTERNAL` or reads as a range error. tonic answers
@@ -31,6 +32,22 @@ fn restate(headers: &mut HeaderMap) {
                 format!(
                     "the request is not a valid protobuf message of this method's type ({message})"
                 ),
+            )
+        }
+        Code::Internal if message.starts_with("Missing request message") => rpc_error::with_reason(
+            Code::InvalidArgument,
+            "MALFORMED_MESSAGE",
+            "the request body carries no message: send one length-prefixed message (an empty one is 5 zero bytes)",
+        ),
+        Code::Internal
+            if message.starts_with("Unexpected EOF decoding stream")
+                || (message.starts_with("protocol error")
+                    && message.ends_with("while sending request")) =>
+        {
+            rpc_error::with_reason(
+                Code::InvalidArgument,
+                "MALFORMED_MESSAGE",
+                format!("the request's message frame is cut off or malformed ({message})"),
             )
         }
         Code::OutOfRange if message.contains("decoded message length too large") => {

@@ -152,8 +152,10 @@ async fn a_postgres_restart_under_writes_fails_fast_recovers_and_loses_nothing()
     let db = TestDb::at(&postgres.url()).await;
     let env =
         Arc::new(TestEnv::with_db(Issuer::single(casebook::auth::Algorithm::EdDsa), db).await);
+    // A long acquire timeout: calls that fail during the outage prove they
+    // did not wait for it (a refused connection fails at once).
     let app = CaseSvc::start_in(Arc::clone(&env), |c| {
-        c.service.database.database_acquire_timeout = Duration::from_millis(500);
+        c.service.database.database_acquire_timeout = Duration::from_secs(30);
     })
     .await;
     let token = env.user("alice").await;

@@ -55,9 +55,12 @@ pub struct Config {
     /// Ceiling on any call's deadline (calls without one get this).
     #[arg(long, env = "GATEWAY_MAX_CALL_TIMEOUT", value_parser = duration, default_value = "30s")]
     pub max_call_timeout: Duration,
-    /// Largest request body forwarded, in bytes.
-    #[arg(long, env = "GATEWAY_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
-    pub max_request_bytes: usize,
+    /// Request bytes buffered across all calls at once; beyond it calls are refused (RESOURCE_EXHAUSTED).
+    #[arg(long, env = "GATEWAY_MAX_BUFFERED_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_buffered_bytes: usize,
+    /// Time a client has to send a whole request body.
+    #[arg(long, env = "GATEWAY_BODY_TIMEOUT", value_parser = duration, default_value = "10s")]
+    pub body_timeout: Duration,
     /// Listener behaviour (CORS origins, shutdown grace, ...).
     #[command(flatten)]
     pub server: ServerArgs,
@@ -77,6 +80,7 @@ pub struct Gateway {
     pub auth: Arc<Upstream>,
     /// case-svc's replicas.
     pub cases: Arc<Upstream>,
+    buffered: forward::BufferBudget,
 }
 
 /// The name the gateway goes by in metrics.
@@ -117,10 +121,14 @@ pub async fn build(config: Config, metrics: &Metrics) -> Result<Gateway, StartEr
     cases.report_to(&metrics);
     let limits = Limits {
         max_call_timeout: config.max_call_timeout,
-        max_request_bytes: config.max_request_bytes,
+        // One message, as the services accept it, plus its 5-byte frame header.
+        max_request_bytes: config.server.grpc_max_message_bytes.saturating_add(5),
+        body_timeout: config.body_timeout,
+        buffered: forward::BufferBudget::new(config.max_buffered_bytes),
     };
+    let buffered = limits.buffered.clone();
     let mut server = GrpcServer::without_auth(&config.server, metrics)?
-        .add_service(Forward::<AuthRoute>::new(Arc::clone(&auth), limits))
+        .add_service(Forward::<AuthRoute>::new(Arc::clone(&auth), limits.clone()))
         .add_service(Forward::<CaseRoute>::new(Arc::clone(&cases), limits))
         // Readiness is the upstreams' business: `report_health` decides.
         .serve(listener, std::future::pending())
@@ -133,6 +141,7 @@ pub async fn build(config: Config, metrics: &Metrics) -> Result<Gateway, StartEr
         server,
         auth,
         cases,
+        buffered,
     })
 }
 
@@ -172,5 +181,10 @@ impl Gateway {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// The request bytes all calls may still buffer.
+    pub fn buffered(&self) -> &forward::BufferBudget {
+        &self.buffered
     }
 }

@@ -39,7 +39,15 @@ pub struct Database(Arc<Shared>);
 struct Shared {
     pool: Pool,
     waiting: AtomicUsize,
+    /// The last probe of the server (see [`Database::acquire`]): when, and
+    /// whether it refused. One probe at a time, shared by every waiter.
+    probe: tokio::sync::Mutex<Option<(tokio::time::Instant, bool)>>,
 }
+
+/// How long a call waits for a new connection before the server is probed.
+const PROBE_AFTER: Duration = Duration::from_millis(50);
+/// How long a probe's answer stands for every other waiter.
+const PROBE_VALID: Duration = Duration::from_millis(200);
 
 /// The pool of one of the supported databases.
 #[derive(Clone, Debug)]
@@ -113,6 +121,7 @@ impl Database {
         let db = Self(Arc::new(Shared {
             pool,
             waiting: AtomicUsize::new(0),
+            probe: tokio::sync::Mutex::new(None),
         }));
         db.report_to(metrics, redact(&args.database_url));
         Ok(db)
@@ -218,13 +227,61 @@ impl Database {
     }
 
     /// Takes a connection, counted as waiting until it has one. Fails after
-    /// `DATABASE_ACQUIRE_TIMEOUT` with [`sqlx::Error::PoolTimedOut`].
+    /// `DATABASE_ACQUIRE_TIMEOUT` with [`sqlx::Error::PoolTimedOut`] when the
+    /// pool is merely busy, but at once when PostgreSQL refuses connections:
+    /// sqlx retries a refused connect until the acquire timeout, which would
+    /// hold every call (and its admission slot) for that long during an outage.
     pub async fn acquire(&self) -> Result<Connection, sqlx::Error> {
         let _waiting = Waiting::enter(&self.0.waiting);
-        Ok(match &self.0.pool {
-            Pool::Postgres(pool) => Connection::Postgres(pool.acquire().await?),
-            Pool::Sqlite(pool) => Connection::Sqlite(pool.acquire().await?),
-        })
+        let acquire = async {
+            Ok(match &self.0.pool {
+                Pool::Postgres(pool) => Connection::Postgres(pool.acquire().await?),
+                Pool::Sqlite(pool) => Connection::Sqlite(pool.acquire().await?),
+            })
+        };
+        tokio::select! {
+            biased;
+            connection = acquire => connection,
+            refused = self.refused() => Err(refused),
+        }
+    }
+
+    /// Resolves (with the error to report) only if, after [`PROBE_AFTER`],
+    /// the pool is opening a connection and the server refuses one; pends
+    /// forever otherwise, leaving the acquire to finish or time out.
+    async fn refused(&self) -> sqlx::Error {
+        tokio::time::sleep(PROBE_AFTER).await;
+        let Pool::Postgres(pool) = &self.0.pool else {
+            return std::future::pending().await;
+        };
+        // A full pool means a busy database, not an absent one.
+        if pool.size() >= pool.options().get_max_connections() || pool.num_idle() > 0 {
+            return std::future::pending().await;
+        }
+        let now = tokio::time::Instant::now();
+        let refused = {
+            let mut last = self.0.probe.lock().await;
+            match *last {
+                Some((at, refused)) if now.duration_since(at) < PROBE_VALID => refused,
+                _ => {
+                    use sqlx::ConnectOptions;
+                    let probe = pool.connect_options().connect().await;
+                    let refused = probe
+                        .as_ref()
+                        .is_err_and(|e| matches!(e, sqlx::Error::Io(_)));
+                    *last = Some((tokio::time::Instant::now(), refused));
+                    refused
+                }
+            }
+        };
+        if refused {
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "the database refuses connections",
+            ))
+        } else {
+            std::future::pending().await
+        }
     }
 
     /// What the pool holds now.

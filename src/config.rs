@@ -80,6 +80,9 @@ pub struct AuthArgs {
     /// How long the last good keys keep working while the JWKS is unreachable.
     #[arg(long, env = "JWKS_MAX_STALE", value_parser = duration, default_value = "1h")]
     pub jwks_max_stale: Duration,
+    /// Trust http:// JWKS and issuer URLs on hosts other than loopback (a private network only).
+    #[arg(long, env = "JWKS_ALLOW_INSECURE_HTTP", default_value_t = false, action = clap::ArgAction::Set)]
+    pub jwks_allow_insecure_http: bool,
 }
 
 impl AuthArgs {
@@ -107,11 +110,7 @@ impl AuthArgs {
             given => given.iter().map(|a| a.trim().to_owned()).collect(),
         };
         for (name, url) in [("JWKS_URL", &jwks_url), ("BETTER_AUTH_URL", &issuer)] {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(ConfigError(format!(
-                    "{name} must be an http:// or https:// URL, got {url:?}"
-                )));
-            }
+            check_key_source(name, url, self.jwks_allow_insecure_http)?;
         }
         if self.jwt_algorithms.is_empty() {
             return Err(ConfigError(
@@ -140,6 +139,38 @@ impl AuthArgs {
             policy,
             self.jwt_cache_entries,
         ))
+    }
+}
+
+/// Keys decide who is who, so they come over https://, or over http:// only
+/// from this machine (the development issuer) unless the operator says the
+/// network in between is private (`JWKS_ALLOW_INSECURE_HTTP`).
+fn check_key_source(name: &str, url: &str, allow_insecure_http: bool) -> Result<(), ConfigError> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| ConfigError(format!("{name} is not a URL ({e}): {url:?}")))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure_http => Ok(()),
+        "http" => {
+            let loopback = match parsed.host() {
+                Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            if loopback {
+                Ok(())
+            } else {
+                Err(ConfigError(format!(
+                    "{name} {url:?} is plain http:// to another host, so anyone on the path could \
+                     substitute signing keys; use https://, or set JWKS_ALLOW_INSECURE_HTTP=true \
+                     on a private network"
+                )))
+            }
+        }
+        _ => Err(ConfigError(format!(
+            "{name} must be an http:// or https:// URL, got {url:?}"
+        ))),
     }
 }
 
@@ -322,4 +353,30 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log shippers.
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_come_over_https_or_from_loopback_unless_the_operator_says_otherwise() {
+        for url in [
+            "https://auth.example.com/api/auth/jwks",
+            "http://127.0.0.1:3900/api/auth/jwks",
+            "http://localhost:3900",
+            "http://[::1]:3900",
+        ] {
+            assert!(check_key_source("JWKS_URL", url, false).is_ok(), "{url}");
+        }
+        let refused = check_key_source("JWKS_URL", "http://auth.example.com/jwks", false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("JWKS_URL") && refused.contains("JWKS_ALLOW_INSECURE_HTTP"),
+            "{refused}"
+        );
+        assert!(check_key_source("JWKS_URL", "http://dev-issuer:3900", true).is_ok());
+        assert!(check_key_source("BETTER_AUTH_URL", "ftp://x", true).is_err());
+    }
 }

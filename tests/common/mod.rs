@@ -28,7 +28,7 @@ use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt;
 
 /// The issuer every test token claims (Better Auth's base URL).
-pub const ISSUER: &str = "http://better-auth.test";
+pub const ISSUER: &str = "https://better-auth.test";
 
 /// Environment variable naming a PostgreSQL admin URL; when set, every test
 /// database is a fresh PostgreSQL database instead of a SQLite file.

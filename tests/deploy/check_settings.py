@@ -7,6 +7,10 @@
 3. The same for deploy/kubernetes/base: each Deployment's own env must be
    accepted by its binary, and every ConfigMap/Secret key by at least one
    binary. So neither file can drift from the code.
+4. Compose is safe by default: published ports listen on 127.0.0.1 unless
+   overridden, the development issuer runs only under the `dev` profile, and
+   no service trusts it unless told to (BETTER_AUTH_URL has no default).
+   The Kubernetes base has a NetworkPolicy for every Deployment.
 
 (Kubernetes schema validation itself is `kubernetes-validate --strict`, in .ci/run.)
 
@@ -67,11 +71,40 @@ def main():
             if variable not in known:
                 problems.append(f"{name}: {variable} is not a setting of {target}")
     print(f"docker-compose.yml: {checked} environment settings checked")
+    problems += check_compose_safety(compose)
     problems += check_kubernetes()
     if problems:
         print("\n".join(problems), file=sys.stderr)
         sys.exit(1)
     print("every setting is accepted by the binary it is meant for")
+
+
+def default_of(value):
+    """`${NAME:-default}` -> default; `${NAME:?error}` -> None; text -> text."""
+    match = re.fullmatch(r"\$\{[A-Z0-9_]+(:?[-?])([^}]*)\}(.*)", str(value))
+    if not match:
+        return str(value)
+    kind, default, rest = match.groups()
+    return None if "?" in kind else default + rest
+
+
+def check_compose_safety(compose):
+    problems = []
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            published = default_of(port)
+            if published is None or not published.startswith("127.0.0.1:"):
+                problems.append(f"{name}: port {port!r} is published beyond 127.0.0.1 by default")
+        environment = service.get("environment", {})
+        if "BETTER_AUTH_URL" in environment and default_of(environment["BETTER_AUTH_URL"]) is not None:
+            problems.append(f"{name}: BETTER_AUTH_URL has a default; it must be given explicitly")
+        if default_of(environment.get("JWKS_ALLOW_INSECURE_HTTP", "false")) != "false":
+            problems.append(f"{name}: JWKS_ALLOW_INSECURE_HTTP must default to false")
+    issuer = compose["services"].get("dev-issuer", {})
+    if issuer.get("profiles") != ["dev"]:
+        problems.append("dev-issuer: must run only under the `dev` profile")
+    print("docker-compose.yml: safe defaults checked")
+    return problems
 
 
 def check_kubernetes():
@@ -91,7 +124,19 @@ def check_kubernetes():
                 for variable in {**doc.get("data", {}), **doc.get("stringData", {})}:
                     if variable not in anyone:
                         problems.append(f"{path.name}: {variable} is not a setting of any service")
-    print("deploy/kubernetes/base: settings checked")
+    deployments, selected = set(), set()
+    for path in sorted((ROOT / "deploy/kubernetes/base").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc.get("kind") == "Deployment":
+                deployments.add(doc["metadata"]["name"])
+            elif doc.get("kind") == "NetworkPolicy":
+                selector = doc["spec"]["podSelector"]
+                selected.update(selector.get("matchLabels", {}).values())
+                for expression in selector.get("matchExpressions", []):
+                    selected.update(expression.get("values", []))
+    for name in sorted(deployments - selected):
+        problems.append(f"deploy/kubernetes/base: no NetworkPolicy selects {name}")
+    print("deploy/kubernetes/base: settings and network policies checked")
     return problems
 
 

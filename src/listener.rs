@@ -24,12 +24,7 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::{TcpListener, TcpStream},
-    sync::Semaphore,
-    task::JoinSet,
-};
+use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
 
 use crate::tls::ServerTls;
 
@@ -85,23 +80,6 @@ impl Listener {
         }
     }
 
-    /// Serves HTTP/1.1 only (the metrics endpoint) until the runtime stops.
-    pub async fn serve_http1<S, B>(self, service: S)
-    where
-        S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
-        self.run(move |_| service.clone(), std::future::pending(), true)
-            .await;
-    }
-
     /// Serves HTTP/1.1 and HTTP/2 until `shutdown` resolves, then stops
     /// accepting and lets open connections finish their calls (HTTP/2 gets a
     /// GOAWAY). Resolves when the last connection has closed.
@@ -118,7 +96,8 @@ impl Listener {
         B::Error: Into<BoxError>,
     {
         let per_connection = self.limits.max_long_streams_per_connection;
-        let make = move |_: ()| {
+        // Each connection's requests carry its own stream semaphore.
+        let make = move || {
             let streams = ConnectionStreams(Arc::new(Semaphore::new(per_connection)));
             let tagged = tower::ServiceExt::map_request(
                 service.clone(),
@@ -129,21 +108,6 @@ impl Listener {
             );
             TowerToHyperService::new(tagged)
         };
-        self.run(make, shutdown, false).await;
-    }
-
-    async fn run<M, S, B>(self, make: M, shutdown: impl Future<Output = ()>, http1_only: bool)
-    where
-        M: Fn(()) -> S,
-        S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
         let limits = self.limits;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -156,9 +120,6 @@ impl Listener {
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(limits.max_streams_per_connection);
-        if http1_only {
-            builder = builder.http1_only();
-        }
         let builder = Arc::new(builder);
         let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
         let handshakes = Arc::new(Semaphore::new(limits.max_tls_handshakes.max(1)));
@@ -187,7 +148,7 @@ impl Listener {
                 continue;
             };
             let _ = socket.set_nodelay(true);
-            let service = make(());
+            let service = make();
             let (builder, watcher) = (Arc::clone(&builder), graceful.watcher());
             let name = self.name;
             match &self.tls {
@@ -201,10 +162,21 @@ impl Listener {
                     });
                 }
                 Some(tls) => {
-                    let (tls, handshakes) = (tls.clone(), Arc::clone(&handshakes));
+                    // Taken here, in accept order, so a refused connection
+                    // costs no task at all.
+                    let Ok(slot) = Arc::clone(&handshakes).try_acquire_owned() else {
+                        tracing::debug!(listener = name, %peer, "TLS handshake limit reached; closed");
+                        continue;
+                    };
+                    let tls = tls.clone();
                     open.spawn(async move {
-                        let Some(stream) = handshake(&tls, &handshakes, socket, name).await else {
-                            return;
+                        let handshake = tls.accept(socket).await;
+                        drop(slot);
+                        let stream = match handshake {
+                            Ok(stream) => stream,
+                            Err(error) => {
+                                return tracing::debug!(listener = name, %error, "TLS handshake failed");
+                            }
                         };
                         let connection = builder
                             .serve_connection(TokioIo::new(stream), service)
@@ -218,26 +190,6 @@ impl Listener {
         drop(self.tcp);
         graceful.shutdown().await;
         while open.join_next().await.is_some() {}
-    }
-}
-
-/// One bounded handshake; `None` (logged) when refused, failed or too slow.
-async fn handshake(
-    tls: &ServerTls,
-    handshakes: &Arc<Semaphore>,
-    socket: TcpStream,
-    name: &'static str,
-) -> Option<impl AsyncRead + AsyncWrite + Unpin + Send + 'static> {
-    let Ok(_slot) = Arc::clone(handshakes).try_acquire_owned() else {
-        tracing::debug!(listener = name, "TLS handshake limit reached; closed");
-        return None;
-    };
-    match tls.accept(socket).await {
-        Ok(stream) => Some(stream),
-        Err(error) => {
-            tracing::debug!(listener = name, %error, "TLS handshake failed");
-            None
-        }
     }
 }
 

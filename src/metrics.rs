@@ -413,7 +413,7 @@ pub fn serve(
         }
     };
     let listening = crate::listener::Listener::new(listener, tls, limits, "metrics");
-    tokio::spawn(listening.serve_http1(hyper::service::service_fn(answer)));
+    tokio::spawn(listening.serve(tower::service_fn(answer), std::future::pending()));
     tracing::info!(%local, "metrics on {scheme}://{local}/metrics");
     Ok(local)
 }

@@ -399,3 +399,30 @@ async fn answer_head(mut stream: TcpStream) -> Vec<u8> {
         .expect("the gateway kept a stalled upload open");
     head
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_tls_handshakes_beyond_the_limit_are_closed_at_once() {
+    let ca = common::TestCa::new();
+    let app = AuthSvc::start(|c| {
+        ca.serve_tls(&mut c.service.server);
+        c.service.server.max_tls_handshakes = 2;
+    })
+    .await;
+    // Two clients connect and never say hello: they hold both handshake slots.
+    let stalled = [
+        half_sent(app.addr(), b"").await,
+        half_sent(app.addr(), b"").await,
+    ];
+    let third = half_sent(app.addr(), b"").await;
+    assert!(answer(third).await.is_empty(), "closed without a handshake");
+    drop(stalled);
+    assert!(
+        common::eventually(Duration::from_secs(10), async || {
+            casebook::server::check_health(app.addr(), true)
+                .await
+                .is_ok()
+        })
+        .await,
+        "handshakes are admitted again once the stalled ones are gone"
+    );
+}

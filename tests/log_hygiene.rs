@@ -80,6 +80,28 @@ async fn logs_name_the_call_and_the_user_but_never_a_token_or_email() {
         logs.contains(r#""reason":"MALFORMED_TOKEN""#),
         "rejections say why"
     );
+    // Probes (here the gateway's checks of its upstreams) are quiet at INFO.
+    let line_of = |method: &str| {
+        let needle = format!(r#""method":"{method}""#);
+        logs.lines()
+            .filter(|line| line.contains(&needle))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let probes = line_of("grpc.health.v1.Health/Check");
+    assert!(!probes.is_empty(), "health checks were made and logged");
+    assert!(
+        probes
+            .iter()
+            .all(|line| line.contains(r#""level":"DEBUG""#)),
+        "{probes:?}"
+    );
+    assert!(
+        line_of("casebook.auth.v1.AuthService/WhoAmI")
+            .iter()
+            .all(|line| line.contains(r#""level":"INFO""#)),
+        "what users did is logged at INFO"
+    );
     for secret in [token.as_str(), forged.as_str(), "log-user@example.com"] {
         assert!(!logs.contains(secret), "a log line contains {secret:.20}…");
     }

@@ -467,6 +467,29 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn connection_errors_never_carry_the_password() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        for url in [
+            format!("postgres://app:hunter2@127.0.0.1:{port}/db?password=hunter2"),
+            "mysql://app:hunter2@db/app?password=hunter2".to_owned(),
+        ] {
+            let mut args = DatabaseArgs::for_url(&url).unwrap();
+            args.database_acquire_timeout = Duration::from_millis(200);
+            let error = Database::connect(&args, &ServerMetrics::detached("test"))
+                .await
+                .unwrap_err();
+            assert!(
+                !format!("{error} {error:?}").contains("hunter2"),
+                "{error:?}"
+            );
+        }
+    }
+
     #[test]
     fn credential_query_parameters_lose_their_values() {
         assert_eq!(

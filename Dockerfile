@@ -32,21 +32,23 @@ USER nonroot:nonroot
 
 FROM runtime AS auth-svc
 COPY --from=build /out/auth-svc /usr/local/bin/auth-svc
-ENV AUTH_SVC_ADDR=0.0.0.0:50051
+# Listens on 0.0.0.0:$PORT: platforms (Cloud Run) override PORT, compose and
+# Kubernetes set AUTH_SVC_ADDR.
+ENV PORT=50051
 EXPOSE 50051
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s CMD ["/usr/local/bin/auth-svc", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/auth-svc"]
 
 FROM runtime AS case-svc
 COPY --from=build /out/case-svc /usr/local/bin/case-svc
-ENV CASE_SVC_ADDR=0.0.0.0:50052
+ENV PORT=50052
 EXPOSE 50052
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s CMD ["/usr/local/bin/case-svc", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/case-svc"]
 
 FROM runtime AS gateway
 COPY --from=build /out/gateway /usr/local/bin/gateway
-ENV GATEWAY_ADDR=0.0.0.0:8080
+ENV PORT=8080
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s CMD ["/usr/local/bin/gateway", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/gateway"]

@@ -5,7 +5,7 @@
 //! tests). Values that depend on each other are resolved here once, at start,
 //! and a bad combination fails with one line naming the setting.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use clap::Args;
 use http::HeaderValue;
@@ -193,16 +193,18 @@ pub struct ServiceArgs {
     pub telemetry: TelemetryArgs,
 }
 
+/// The database when none is configured: a SQLite file, created on start.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/casebook.db";
+
 /// Which database to use.
 #[derive(Args, Clone, Debug)]
 pub struct DatabaseArgs {
-    /// postgres://… for production; sqlite://path for the embedded default.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "sqlite://data/casebook.db"
-    )]
-    pub database_url: String,
+    /// postgres://… for production (a Unix socket: postgres://user@/db?host=/cloudsql/PROJECT:REGION:INSTANCE); sqlite://path for the embedded default [default: sqlite://data/casebook.db].
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// A file whose contents are DATABASE_URL (a mounted secret); setting both is an error.
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<std::path::PathBuf>,
     /// Connection pool size.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     pub database_max_connections: u32,
@@ -223,8 +225,51 @@ impl DatabaseArgs {
     /// database exactly as the services do.
     pub fn for_url(url: &str) -> Result<Self, clap::Error> {
         let mut args = defaults::<DatabaseOnly>()?.database;
-        url.clone_into(&mut args.database_url);
+        args.database_url = Some(url.to_owned());
         Ok(args)
+    }
+
+    /// The database URL: `DATABASE_URL`, or the contents of
+    /// `DATABASE_URL_FILE`, or the embedded default.
+    pub fn url(&self) -> Result<String, ConfigError> {
+        let given = secret(
+            "DATABASE_URL",
+            self.database_url.as_deref(),
+            self.database_url_file.as_deref(),
+        )?;
+        Ok(given.unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()))
+    }
+}
+
+/// A setting that may hold a secret: given directly as `name`, or as
+/// `{name}_FILE` naming a file whose contents are the value (how Docker,
+/// Kubernetes and Cloud Run mount secrets). Both at once is an error naming
+/// both; surrounding whitespace (a file's final newline) is dropped. The
+/// file's contents never appear in an error.
+pub fn secret(
+    name: &str,
+    value: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<String>, ConfigError> {
+    match (value, file) {
+        (Some(_), Some(_)) => Err(ConfigError(format!(
+            "{name} and {name}_FILE are both set; keep one"
+        ))),
+        (Some(value), None) => Ok(Some(value.to_owned())),
+        (None, Some(path)) => {
+            let contents = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!("cannot read {name}_FILE {}: {e}", path.display()))
+            })?;
+            let value = contents.trim();
+            if value.is_empty() {
+                return Err(ConfigError(format!(
+                    "{name}_FILE {} is empty",
+                    path.display()
+                )));
+            }
+            Ok(Some(value.to_owned()))
+        }
+        (None, None) => Ok(None),
     }
 }
 
@@ -238,6 +283,9 @@ struct ServerOnly {
 /// How the gRPC listener behaves.
 #[derive(Args, Clone, Debug)]
 pub struct ServerArgs {
+    /// The port a platform assigns (Cloud Run, Knative, Heroku, Fly, Render): with it, a service whose own *_ADDR is unset listens on 0.0.0.0:$PORT.
+    #[arg(long, env = "PORT")]
+    pub port: Option<u16>,
     /// Browser origins allowed to call over grpc-web, comma-separated (none: no CORS).
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub cors_allowed_origins: Vec<String>,
@@ -280,6 +328,14 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
+    /// Where a service listens: its own `*_ADDR` when set (`explicit`), else
+    /// `0.0.0.0:$PORT` when the platform gives a `PORT`, else `default`.
+    pub fn listen_addr(&self, explicit: Option<SocketAddr>, default: SocketAddr) -> SocketAddr {
+        explicit
+            .or(self.port.map(|port| SocketAddr::from(([0, 0, 0, 0], port))))
+            .unwrap_or(default)
+    }
+
     /// Every listener setting at its default.
     pub fn defaults() -> Result<Self, clap::Error> {
         Ok(defaults::<ServerOnly>()?.server)
@@ -378,5 +434,57 @@ mod tests {
         );
         assert!(check_key_source("JWKS_URL", "http://dev-issuer:3900", true).is_ok());
         assert!(check_key_source("BETTER_AUTH_URL", "ftp://x", true).is_err());
+    }
+
+    #[test]
+    fn a_secret_comes_from_its_variable_or_its_file_never_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("url");
+        std::fs::write(&file, "postgres://app:s3cret@db/app\n").unwrap();
+        assert_eq!(
+            secret("DATABASE_URL", None, Some(&file))
+                .unwrap()
+                .as_deref(),
+            Some("postgres://app:s3cret@db/app"),
+            "the final newline of a mounted secret is dropped"
+        );
+        assert_eq!(
+            secret("DATABASE_URL", Some("x"), None).unwrap().as_deref(),
+            Some("x")
+        );
+        assert_eq!(secret("DATABASE_URL", None, None).unwrap(), None);
+        let both = secret("DATABASE_URL", Some("x"), Some(&file))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            both.contains("DATABASE_URL and DATABASE_URL_FILE"),
+            "{both}"
+        );
+        std::fs::write(&file, "\n").unwrap();
+        let empty = secret("DATABASE_URL", None, Some(&file))
+            .unwrap_err()
+            .to_string();
+        assert!(empty.contains("empty"), "{empty}");
+        let missing = secret("DATABASE_URL", None, Some(&dir.path().join("nope")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("cannot read DATABASE_URL_FILE"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn a_service_listens_on_its_address_else_on_port_else_on_its_default() {
+        let mut server = ServerArgs::defaults().unwrap();
+        let default = SocketAddr::from(([127, 0, 0, 1], 50052));
+        let explicit = SocketAddr::from(([127, 0, 0, 1], 7000));
+        assert_eq!(server.listen_addr(None, default), default);
+        server.port = Some(8080);
+        assert_eq!(
+            server.listen_addr(None, default),
+            SocketAddr::from(([0, 0, 0, 0], 8080))
+        );
+        assert_eq!(server.listen_addr(Some(explicit), default), explicit);
     }
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     sync::{Arc, Mutex},
     time::Duration,
@@ -242,23 +242,9 @@ async fn a_postgres_restart_under_writes_fails_fast_recovers_and_loses_nothing()
     drop(postgres);
 }
 
-/// The service binaries, built on demand (the harness only builds this package).
-fn binary(name: &str) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", name])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("debug").join(name)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_drains_in_flight_calls_and_exits_in_time() {
-    let bin = binary("case-svc");
+    let bin = common::binary("case-svc");
     let env = TestEnv::new(Issuer::single(casebook::auth::Algorithm::EdDsa)).await;
     let token = env.user("alice").await;
     let addr = std::net::TcpListener::bind("127.0.0.1:0")

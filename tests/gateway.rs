@@ -249,7 +249,8 @@ async fn an_upstream_outage_is_unavailable_until_it_returns() {
     assert_eq!(reply.grpc_status(), Some(0));
 
     // The replica comes back on the same address; the gateway reconnects by itself.
-    let back = common::CaseSvc::start_in(Arc::clone(&stack.env), |c| c.listen_addr = addr).await;
+    let back =
+        common::CaseSvc::start_in(Arc::clone(&stack.env), |c| c.listen_addr = Some(addr)).await;
     let recovered = eventually(Duration::from_secs(10), async || {
         grpc_web(
             stack.addr(),

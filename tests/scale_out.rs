@@ -9,7 +9,6 @@ mod common;
 use std::{
     collections::HashSet,
     net::SocketAddr,
-    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
@@ -23,22 +22,6 @@ use casebook::pb::casebook::{
 };
 use common::{ISSUER, Issuer, TestEnv, bearer};
 use tonic::{Code, transport::Channel};
-
-/// The service binaries, built on demand (the test harness only builds this package).
-fn binaries() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build", "--quiet", "-p", "auth-svc", "-p", "case-svc", "-p", "gateway",
-        ])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the service binaries failed");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("debug")
-}
 
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -58,8 +41,8 @@ impl Drop for Process {
     }
 }
 
-fn spawn(bin: &Path, name: &str, env: &[(&str, String)]) -> Process {
-    let child = Command::new(bin.join(name))
+fn spawn(name: &str, env: &[(&str, String)]) -> Process {
+    let child = Command::new(common::binary(name))
         .env_clear()
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("RUST_LOG", "error")
@@ -79,7 +62,6 @@ async fn until_serving(addr: SocketAddr) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_replica_of_each_service_loses_no_acknowledged_write() {
-    let bin = binaries();
     let env = Arc::new(TestEnv::new(Issuer::single(casebook::auth::Algorithm::EdDsa)).await);
     let token = env.user("alice").await;
     let service_env = |addr_var: &'static str, addr: SocketAddr| {
@@ -95,17 +77,15 @@ async fn killing_a_replica_of_each_service_loses_no_acknowledged_write() {
     let case_addrs = [free_addr(), free_addr()];
     let mut auth: Vec<Process> = auth_addrs
         .iter()
-        .map(|a| spawn(&bin, "auth-svc", &service_env("AUTH_SVC_ADDR", *a)))
+        .map(|a| spawn("auth-svc", &service_env("AUTH_SVC_ADDR", *a)))
         .collect();
     // Migrations are safe to race, but start the first case-svc alone to keep the log quiet.
     let mut cases = vec![spawn(
-        &bin,
         "case-svc",
         &service_env("CASE_SVC_ADDR", case_addrs[0]),
     )];
     until_serving(case_addrs[0]).await;
     cases.push(spawn(
-        &bin,
         "case-svc",
         &service_env("CASE_SVC_ADDR", case_addrs[1]),
     ));
@@ -121,7 +101,6 @@ async fn killing_a_replica_of_each_service_loses_no_acknowledged_write() {
             .join(",")
     };
     let _gateway = spawn(
-        &bin,
         "gateway",
         &[
             ("GATEWAY_ADDR", gateway_addr.to_string()),
@@ -176,12 +155,10 @@ async fn killing_a_replica_of_each_service_loses_no_acknowledged_write() {
     drop(auth.remove(0));
     tokio::time::sleep(Duration::from_millis(1000)).await;
     cases.push(spawn(
-        &bin,
         "case-svc",
         &service_env("CASE_SVC_ADDR", case_addrs[0]),
     ));
     auth.push(spawn(
-        &bin,
         "auth-svc",
         &service_env("AUTH_SVC_ADDR", auth_addrs[0]),
     ));

@@ -34,9 +34,9 @@ pub const VERIFY_TOKEN_PATH: &str = "/casebook.auth.v1.AuthService/VerifyToken";
     args_override_self = true
 )]
 pub struct Config {
-    /// Address to listen on for gRPC and grpc-web.
-    #[arg(long, env = "AUTH_SVC_ADDR", default_value = "127.0.0.1:50051")]
-    pub listen_addr: SocketAddr,
+    /// Address to listen on for gRPC and grpc-web [default: 0.0.0.0:$PORT when PORT is set, else 127.0.0.1:50051].
+    #[arg(long, env = "AUTH_SVC_ADDR")]
+    pub listen_addr: Option<SocketAddr>,
     /// Auth, database, listener and logging settings.
     #[command(flatten)]
     pub service: ServiceArgs,
@@ -48,6 +48,14 @@ pub struct Config {
 /// The name auth-svc goes by in metrics.
 pub const SERVER_NAME: &str = "auth-svc";
 
+impl Config {
+    /// Where to listen: `AUTH_SVC_ADDR`, else `0.0.0.0:$PORT`, else `127.0.0.1:50051`.
+    pub fn listen(&self) -> SocketAddr {
+        let default = SocketAddr::from(([127, 0, 0, 1], 50051));
+        self.service.server.listen_addr(self.listen_addr, default)
+    }
+}
+
 /// Starts auth-svc, recording in `metrics`: connects to the database, starts
 /// the JWKS cache and serves. Health turns SERVING once the first key set is
 /// loaded.
@@ -57,7 +65,7 @@ pub async fn build(config: Config, metrics: &Metrics) -> Result<RunningServer, S
     verifier.report_to(&metrics);
     let users =
         UserDirectory::open(Database::connect(&config.service.database, &metrics).await?).await?;
-    let listener = server::bind(config.listen_addr).await?;
+    let listener = server::bind(config.listen()).await?;
     verifier.keys().start();
     let keys = verifier.keys().clone();
     let service = AuthServiceServer::new(AuthApi::new(verifier.clone(), users))

@@ -10,7 +10,7 @@ async fn main() -> ExitCode {
     let settings = config.clone();
     casebook::server::run_binary(
         config.probe,
-        config.listen_addr,
+        config.listen(),
         &config.service.telemetry,
         &config.service.server,
         |metrics| async move { auth_svc::build(settings, &metrics).await },

@@ -6,6 +6,7 @@
 
 mod baseline;
 mod closed_loop;
+mod cold_start;
 mod load;
 mod stats;
 mod system;
@@ -58,6 +59,10 @@ struct Cli {
     /// Cases seeded per user.
     #[arg(long, default_value_t = 20)]
     cases_per_user: usize,
+    /// Also start case-svc this many times, one after another, and report
+    /// start → SERVING and the first call (0: skip).
+    #[arg(long, default_value_t = 0)]
+    cold_starts: usize,
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -75,6 +80,7 @@ struct Report {
     rss_mib_idle: Option<(f64, f64)>,
     rss_mib_max_under_load: Option<(f64, f64)>,
     rows: Vec<Summary>,
+    cold_starts: Vec<cold_start::ColdStart>,
 }
 
 #[tokio::main]
@@ -157,6 +163,12 @@ async fn main() -> anyhow::Result<()> {
         rows.push(summary);
     }
     let eddsa = baseline::eddsa_verifies_per_second(Duration::from_secs(2))?;
+    let cold_starts = match fixture.users.first() {
+        Some((token, cases)) if cli.cold_starts > 0 && !cases.is_empty() => {
+            cold_start::measure(&system.launcher, cli.cold_starts, &cases[0], token).await?
+        }
+        _ => Vec::new(),
+    };
 
     println!(
         "{} calls in flight over {} connections, {:?} each; services on CPUs {:?}; token cache {} entries; MAX_CONCURRENT_CALLS {}\n",
@@ -181,6 +193,24 @@ async fn main() -> anyhow::Result<()> {
             peak.0, peak.1
         );
     }
+    if !cold_starts.is_empty() {
+        let (serving, serving_max) = cold_start::median_and_max(
+            &mut cold_starts
+                .iter()
+                .map(|c| c.to_serving_ms)
+                .collect::<Vec<_>>(),
+        );
+        let (first, first_max) = cold_start::median_and_max(
+            &mut cold_starts
+                .iter()
+                .map(|c| c.first_call_ms)
+                .collect::<Vec<_>>(),
+        );
+        println!(
+            "\ncase-svc cold start over {} starts: exec → SERVING median {serving:.1} ms, max {serving_max:.1} ms; first GetCase median {first:.2} ms, max {first_max:.2} ms",
+            cold_starts.len()
+        );
+    }
     if let Some(path) = &cli.json {
         let report = Report {
             concurrency: cli.concurrency,
@@ -193,6 +223,7 @@ async fn main() -> anyhow::Result<()> {
             rss_mib_idle: idle,
             rss_mib_max_under_load: Some(peak),
             rows,
+            cold_starts,
         };
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }

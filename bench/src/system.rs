@@ -72,6 +72,8 @@ pub struct System {
     pub tokens: Vec<String>,
     /// The database, for the baseline.
     pub db: Database,
+    /// Starts more service processes like these (cold starts).
+    pub launcher: Launcher,
     _issuer: DevIssuer,
     _data: TempDir,
 }
@@ -122,37 +124,17 @@ impl System {
                 .await?;
             tokens.push(issuer.mint(&user, Duration::from_secs(3600)));
         }
-        let spawn =
-            |binary: &str, addr_var: &str, extra: &[(&str, String)]| -> anyhow::Result<Service> {
-                let addr = free_addr()?;
-                let path = options.bin_dir.join(binary);
-                let mut command = if options.server_cpus.is_empty() {
-                    Command::new(&path)
-                } else {
-                    let mut taskset = Command::new("taskset");
-                    taskset.args(["-c", options.server_cpus]).arg(&path);
-                    taskset
-                };
-                let child = command
-                    .env(addr_var, addr.to_string())
-                    .env("BETTER_AUTH_URL", issuer.url())
-                    .env("DATABASE_URL", options.database_url)
-                    .env("JWT_CACHE_ENTRIES", options.cache_entries.to_string())
-                    .envs(
-                        options
-                            .max_concurrent_calls
-                            .map(|n| ("MAX_CONCURRENT_CALLS", n.to_string())),
-                    )
-                    .env("RUST_LOG", "warn")
-                    .envs(extra.iter().map(|(k, v)| (k, v)))
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .with_context(|| format!("cannot start {}", path.display()))?;
-                Ok(Service { child, addr })
-            };
-        let auth = spawn("auth-svc", "AUTH_SVC_ADDR", &[])?;
-        let cases = spawn("case-svc", "CASE_SVC_ADDR", &[])?;
-        let gateway = spawn(
+        let launcher = Launcher {
+            bin_dir: options.bin_dir.to_owned(),
+            server_cpus: options.server_cpus.to_owned(),
+            issuer_url: issuer.url().to_owned(),
+            database_url: options.database_url.to_owned(),
+            cache_entries: options.cache_entries,
+            max_concurrent_calls: options.max_concurrent_calls,
+        };
+        let auth = launcher.spawn("auth-svc", "AUTH_SVC_ADDR", &[])?;
+        let cases = launcher.spawn("case-svc", "CASE_SVC_ADDR", &[])?;
+        let gateway = launcher.spawn(
             "gateway",
             "GATEWAY_ADDR",
             &[
@@ -169,9 +151,56 @@ impl System {
             gateway,
             tokens,
             db,
+            launcher,
             _issuer: issuer,
             _data: data,
         })
+    }
+}
+
+/// Starts service processes against the system's issuer and database.
+pub struct Launcher {
+    bin_dir: PathBuf,
+    server_cpus: String,
+    issuer_url: String,
+    database_url: String,
+    cache_entries: usize,
+    max_concurrent_calls: Option<usize>,
+}
+
+impl Launcher {
+    /// Starts `binary` listening on a free loopback port named by `addr_var`,
+    /// with `extra` settings.
+    pub fn spawn(
+        &self,
+        binary: &str,
+        addr_var: &str,
+        extra: &[(&str, String)],
+    ) -> anyhow::Result<Service> {
+        let addr = free_addr()?;
+        let path = self.bin_dir.join(binary);
+        let mut command = if self.server_cpus.is_empty() {
+            Command::new(&path)
+        } else {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", &self.server_cpus]).arg(&path);
+            taskset
+        };
+        let child = command
+            .env(addr_var, addr.to_string())
+            .env("BETTER_AUTH_URL", &self.issuer_url)
+            .env("DATABASE_URL", &self.database_url)
+            .env("JWT_CACHE_ENTRIES", self.cache_entries.to_string())
+            .envs(
+                self.max_concurrent_calls
+                    .map(|n| ("MAX_CONCURRENT_CALLS", n.to_string())),
+            )
+            .env("RUST_LOG", "warn")
+            .envs(extra.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", path.display()))?;
+        Ok(Service { child, addr })
     }
 }
 

@@ -34,9 +34,9 @@ pub use service::CaseApi;
     args_override_self = true
 )]
 pub struct Config {
-    /// Address to listen on for gRPC and grpc-web.
-    #[arg(long, env = "CASE_SVC_ADDR", default_value = "127.0.0.1:50052")]
-    pub listen_addr: SocketAddr,
+    /// Address to listen on for gRPC and grpc-web [default: 0.0.0.0:$PORT when PORT is set, else 127.0.0.1:50052].
+    #[arg(long, env = "CASE_SVC_ADDR")]
+    pub listen_addr: Option<SocketAddr>,
     /// How long a deleted case can be undeleted before it is purged.
     #[arg(long, env = "CASE_RETENTION", value_parser = duration, default_value = "30d")]
     pub case_retention: Duration,
@@ -53,6 +53,14 @@ pub struct Config {
 
 /// The name case-svc goes by in metrics.
 pub const SERVER_NAME: &str = "case-svc";
+
+impl Config {
+    /// Where to listen: `CASE_SVC_ADDR`, else `0.0.0.0:$PORT`, else `127.0.0.1:50052`.
+    pub fn listen(&self) -> SocketAddr {
+        let default = SocketAddr::from(([127, 0, 0, 1], 50052));
+        self.service.server.listen_addr(self.listen_addr, default)
+    }
+}
 
 /// Starts case-svc, recording in `metrics`: migrates, starts the JWKS cache
 /// and the purge, serves. Refuses to start (one line saying so) if Better
@@ -71,7 +79,7 @@ pub async fn build(config: Config, metrics: &Metrics) -> Result<RunningServer, S
         .await
         .map_err(|e| StartError::Storage(Box::new(e)))?;
     let store = Arc::new(store);
-    let listener = server::bind(config.listen_addr).await?;
+    let listener = server::bind(config.listen()).await?;
     verifier.keys().start();
     let purge = purge::run(Arc::clone(&store), config.case_purge_interval);
     let keys = verifier.keys().clone();

@@ -30,9 +30,9 @@ use upstream::{Upstream, UpstreamRoots};
     args_override_self = true
 )]
 pub struct Config {
-    /// Address to listen on for grpc-web and gRPC.
-    #[arg(long, env = "GATEWAY_ADDR", default_value = "127.0.0.1:8080")]
-    pub listen_addr: SocketAddr,
+    /// Address to listen on for grpc-web and gRPC [default: 0.0.0.0:$PORT when PORT is set, else 127.0.0.1:8080].
+    #[arg(long, env = "GATEWAY_ADDR")]
+    pub listen_addr: Option<SocketAddr>,
     /// auth-svc replicas: comma-separated http:// or https:// URLs, or a DNS name resolving to several.
     #[arg(
         long,
@@ -83,6 +83,14 @@ pub struct Gateway {
     buffered: forward::BufferBudget,
 }
 
+impl Config {
+    /// Where to listen: `GATEWAY_ADDR`, else `0.0.0.0:$PORT`, else `127.0.0.1:8080`.
+    pub fn listen(&self) -> SocketAddr {
+        let default = SocketAddr::from(([127, 0, 0, 1], 8080));
+        self.server.listen_addr(self.listen_addr, default)
+    }
+}
+
 /// The name the gateway goes by in metrics.
 pub const SERVER_NAME: &str = "gateway";
 
@@ -114,7 +122,7 @@ pub async fn build(config: Config, metrics: &Metrics) -> Result<Gateway, StartEr
         &roots,
     )
     .map_err(invalid)?;
-    let listener = server::bind(config.listen_addr).await?;
+    let listener = server::bind(config.listen()).await?;
     let watch_auth = auth.watch().await;
     let watch_cases = cases.watch().await;
     auth.report_to(&metrics);

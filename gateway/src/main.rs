@@ -10,7 +10,7 @@ async fn main() -> ExitCode {
     let settings = config.clone();
     casebook::server::run_binary(
         config.probe,
-        config.listen_addr,
+        config.listen(),
         &config.telemetry,
         &config.server,
         |metrics| async move { Ok(gateway::build(settings, &metrics).await?.server) },

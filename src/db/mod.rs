@@ -107,34 +107,37 @@ pub enum ConnectError {
     /// Connecting failed.
     #[error("cannot connect to DATABASE_URL: {0}")]
     Connect(#[from] sqlx::Error),
+    /// `DATABASE_URL` or `DATABASE_URL_FILE` is unusable.
+    #[error(transparent)]
+    Setting(#[from] crate::config::ConfigError),
 }
 
 impl Database {
-    /// Opens a pool for `args.database_url`, reported in `metrics`.
+    /// Opens a pool for [`DatabaseArgs::url`], reported in `metrics`.
     /// A SQLite file (and its directory) is created if missing, in WAL mode so
     /// readers do not block the writer.
     pub async fn connect(
         args: &DatabaseArgs,
         metrics: &ServerMetrics,
     ) -> Result<Self, ConnectError> {
-        let pool = Self::open_pool(args).await?;
+        let url = args.url()?;
+        let pool = Self::open_pool(&url, args).await?;
         let db = Self(Arc::new(Shared {
             pool,
             waiting: AtomicUsize::new(0),
             probe: tokio::sync::Mutex::new(None),
         }));
-        db.report_to(metrics, redact(&args.database_url));
+        db.report_to(metrics, redact(&url));
         Ok(db)
     }
 
-    async fn open_pool(args: &DatabaseArgs) -> Result<Pool, ConnectError> {
-        let url = args.database_url.as_str();
+    async fn open_pool(url: &str, args: &DatabaseArgs) -> Result<Pool, ConnectError> {
         let acquire_timeout = args.database_acquire_timeout;
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()
                 .max_connections(args.database_max_connections)
                 .acquire_timeout(acquire_timeout)
-                .connect(url)
+                .connect(&with_host(url))
                 .await?;
             return Ok(Pool::Postgres(pool));
         }
@@ -246,41 +249,43 @@ impl Database {
         }
     }
 
-    /// Resolves (with the error to report) only if, after [`PROBE_AFTER`],
-    /// the pool is opening a connection and the server refuses one; pends
-    /// forever otherwise, leaving the acquire to finish or time out.
+    /// Resolves (with the error to report) once the server refuses a
+    /// connection while this acquire waits; never while the pool is merely
+    /// full (every connection in use), which leaves the acquire to finish or
+    /// time out. Checked every [`PROBE_AFTER`]: a waiting acquire may be
+    /// testing idle connections that died with the server, then reconnecting.
     async fn refused(&self) -> sqlx::Error {
-        tokio::time::sleep(PROBE_AFTER).await;
         let Pool::Postgres(pool) = &self.0.pool else {
             return std::future::pending().await;
         };
-        // A full pool means a busy database, not an absent one.
-        if pool.size() >= pool.options().get_max_connections() || pool.num_idle() > 0 {
-            return std::future::pending().await;
-        }
-        let now = tokio::time::Instant::now();
-        let refused = {
-            let mut last = self.0.probe.lock().await;
-            match *last {
-                Some((at, refused)) if now.duration_since(at) < PROBE_VALID => refused,
-                _ => {
-                    use sqlx::ConnectOptions;
-                    let probe = pool.connect_options().connect().await;
-                    let refused = probe
-                        .as_ref()
-                        .is_err_and(|e| matches!(e, sqlx::Error::Io(_)));
-                    *last = Some((tokio::time::Instant::now(), refused));
-                    refused
-                }
+        loop {
+            tokio::time::sleep(PROBE_AFTER).await;
+            let busy = pool.size() >= pool.options().get_max_connections() && pool.num_idle() == 0;
+            if !busy && self.server_refuses(pool).await {
+                return sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "the database refuses connections",
+                ));
             }
-        };
-        if refused {
-            sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::ConnectionRefused,
-                "the database refuses connections",
-            ))
-        } else {
-            std::future::pending().await
+        }
+    }
+
+    /// Whether PostgreSQL refuses a new connection: one probe at a time,
+    /// its answer shared for [`PROBE_VALID`] by every waiter.
+    async fn server_refuses(&self, pool: &PgPool) -> bool {
+        use sqlx::ConnectOptions;
+        let mut last = self.0.probe.lock().await;
+        let now = tokio::time::Instant::now();
+        match *last {
+            Some((at, refused)) if now.duration_since(at) < PROBE_VALID => refused,
+            _ => {
+                let probe = pool.connect_options().connect().await;
+                let refused = probe
+                    .as_ref()
+                    .is_err_and(|e| matches!(e, sqlx::Error::Io(_)));
+                *last = Some((tokio::time::Instant::now(), refused));
+                refused
+            }
         }
     }
 
@@ -366,6 +371,27 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
             None => code.starts_with("08") || code.starts_with("57") || code == "55P03",
         }),
         _ => false,
+    }
+}
+
+/// `url` with a placeholder host when it has none. libpq, and the Cloud SQL
+/// form Cloud Run documents (`postgres://user@/db?host=/cloudsql/…`), leave
+/// the host empty when `host=` names a socket directory; the URL parser sqlx
+/// uses refuses an empty host after user info. sqlx lets the `host=`
+/// parameter win, so the placeholder is never dialled.
+fn with_host(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.into();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if host.is_empty() {
+        format!("{scheme}://{authority}localhost{tail}").into()
+    } else {
+        url.into()
     }
 }
 
@@ -488,6 +514,28 @@ mod tests {
                 "{error:?}"
             );
         }
+    }
+
+    #[test]
+    fn socket_urls_without_a_host_get_a_placeholder_the_socket_overrides() {
+        assert_eq!(
+            with_host("postgres://app@/db?host=/cloudsql/p:r:i"),
+            "postgres://app@localhost/db?host=/cloudsql/p:r:i"
+        );
+        assert_eq!(
+            with_host("postgres:///db?host=/var/run/postgresql"),
+            "postgres://localhost/db?host=/var/run/postgresql"
+        );
+        let given = "postgres://app:pw@db:5432/app?sslmode=require";
+        assert_eq!(with_host(given), given);
+        let options: sqlx::postgres::PgConnectOptions =
+            with_host("postgres://app@/db?host=/cloudsql/p:r:i")
+                .parse()
+                .unwrap();
+        assert_eq!(
+            options.get_socket(),
+            Some(&std::path::PathBuf::from("/cloudsql/p:r:i"))
+        );
     }
 
     #[test]

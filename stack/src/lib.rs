@@ -148,18 +148,18 @@ impl Stack {
         let database_url = args.database_url();
         let service = |service: &mut ServiceArgs| {
             service.auth.better_auth_url = Some(issuer.url().to_owned());
-            service.database.database_url.clone_from(&database_url);
+            service.database.database_url = Some(database_url.clone());
         };
         let mut auth = casebook::config::defaults::<auth_svc::Config>()?;
-        auth.listen_addr = args.auth_svc_addr;
+        auth.listen_addr = Some(args.auth_svc_addr);
         service(&mut auth.service);
         let auth = auth_svc::build(auth, &registry).await?;
         let mut cases = casebook::config::defaults::<case_svc::Config>()?;
-        cases.listen_addr = args.case_svc_addr;
+        cases.listen_addr = Some(args.case_svc_addr);
         service(&mut cases.service);
         let cases = case_svc::build(cases, &registry).await?;
         let mut gateway = casebook::config::defaults::<gateway::Config>()?;
-        gateway.listen_addr = args.gateway_addr;
+        gateway.listen_addr = Some(args.gateway_addr);
         gateway.auth_svc_url = vec![format!("http://{}", auth.local_addr())];
         gateway.case_svc_url = vec![format!("http://{}", cases.local_addr())];
         gateway

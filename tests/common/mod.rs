@@ -296,6 +296,23 @@ impl TestDb {
         &self.url
     }
 
+    /// This PostgreSQL database's URL over the server's Unix socket (the
+    /// form Cloud Run's Cloud SQL connector mounts); `None` on SQLite.
+    pub fn socket_url(&self) -> Option<String> {
+        let (admin, name) = self.cleanup.as_ref()?;
+        let port = admin
+            .rsplit_once(':')
+            .and_then(|(_, rest)| rest.split('/').next())
+            .unwrap_or("5432");
+        let user = admin
+            .strip_prefix("postgres://")?
+            .split(['@', ':'])
+            .next()?;
+        Some(format!(
+            "postgres://{user}@/{name}?host=/var/run/postgresql&port={port}"
+        ))
+    }
+
     pub fn is_postgres(&self) -> bool {
         self.url.starts_with("postgres")
     }
@@ -466,7 +483,7 @@ impl TestEnv {
     /// auth-svc's configuration pointed at this environment, on port 0.
     pub fn auth_config(&self) -> auth_svc::Config {
         let mut config: auth_svc::Config = casebook::config::defaults().unwrap();
-        config.listen_addr = ([127, 0, 0, 1], 0).into();
+        config.listen_addr = Some(([127, 0, 0, 1], 0).into());
         self.point(&mut config.service);
         config
     }
@@ -474,7 +491,7 @@ impl TestEnv {
     /// case-svc's configuration pointed at this environment, on port 0.
     pub fn case_config(&self) -> case_svc::Config {
         let mut config: case_svc::Config = casebook::config::defaults().unwrap();
-        config.listen_addr = ([127, 0, 0, 1], 0).into();
+        config.listen_addr = Some(([127, 0, 0, 1], 0).into());
         self.point(&mut config.service);
         config
     }
@@ -501,7 +518,7 @@ impl TestEnv {
     fn point(&self, service: &mut casebook::config::ServiceArgs) {
         service.auth.better_auth_url = Some(ISSUER.to_owned());
         service.auth.jwks_url = Some(self.jwks.url());
-        service.database.database_url = self.db.url().to_owned();
+        service.database.database_url = Some(self.db.url().to_owned());
     }
 
     /// Inserts a Better Auth user and returns a valid token for it.
@@ -631,6 +648,21 @@ impl CaseSvc {
             self.channel().await,
         )
     }
+}
+
+/// The service binary `name` (`auth-svc`, `case-svc`, `gateway`), built on
+/// demand: the test harness builds only this package.
+pub fn binary(name: &str) -> std::path::PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "-p", name])
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building {name} failed");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("debug").join(name)
 }
 
 /// A request carrying `authorization: Bearer <token>`.
@@ -827,7 +859,7 @@ fn decode_grpc_web(parts: http::response::Parts, body: Bytes, text: bool) -> Grp
 /// The gateway's configuration on port 0 in front of the given upstream URLs.
 pub fn gateway_config(auth_url: &str, case_urls: &[String]) -> gateway::Config {
     let mut config: gateway::Config = casebook::config::defaults().unwrap();
-    config.listen_addr = ([127, 0, 0, 1], 0).into();
+    config.listen_addr = Some(([127, 0, 0, 1], 0).into());
     config.auth_svc_url = vec![auth_url.to_owned()];
     config.case_svc_url = case_urls.to_vec();
     config

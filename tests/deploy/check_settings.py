@@ -11,6 +11,12 @@
    overridden, the development issuer runs only under the `dev` profile, and
    no service trusts it unless told to (BETTER_AUTH_URL has no default).
    The Kubernetes base has a NetworkPolicy for every Deployment.
+5. deploy/cloudrun holds a Knative Service per binary in the shape Cloud Run
+   needs: an h2c port, gRPC startup and liveness probes, containerConcurrency
+   within MAX_CONCURRENT_CALLS, SHUTDOWN_GRACE inside the 10 s SIGTERM window,
+   DATABASE_URL from a Secret Manager volume and the Cloud SQL annotation for
+   the services, min-instances and startup CPU boost, https:// upstreams for
+   the gateway; and every variable it sets is a setting of its binary.
 
 (Kubernetes schema validation itself is `kubernetes-validate --strict`, in .ci/run.)
 
@@ -73,6 +79,7 @@ def main():
     print(f"docker-compose.yml: {checked} environment settings checked")
     problems += check_compose_safety(compose)
     problems += check_kubernetes()
+    problems += check_cloudrun()
     if problems:
         print("\n".join(problems), file=sys.stderr)
         sys.exit(1)
@@ -137,6 +144,70 @@ def check_kubernetes():
     for name in sorted(deployments - selected):
         problems.append(f"deploy/kubernetes/base: no NetworkPolicy selects {name}")
     print("deploy/kubernetes/base: settings and network policies checked")
+    return problems
+
+
+def seconds(duration):
+    """`8s`, `500ms`, `1m` -> seconds."""
+    match = re.fullmatch(r"(\d+)(ms|s|m)", duration)
+    if not match:
+        raise ValueError(f"unreadable duration {duration!r}")
+    value, unit = int(match.group(1)), match.group(2)
+    return value / 1000 if unit == "ms" else value * (60 if unit == "m" else 1)
+
+
+def check_cloudrun():
+    problems = []
+    every = {target: accepted(commands) for target, commands in TARGETS.items()}
+    found = set()
+    for path in sorted((ROOT / "deploy/cloudrun").glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        where = f"deploy/cloudrun/{path.name}"
+
+        def need(condition, what):
+            if not condition:
+                problems.append(f"{where}: {what}")
+
+        need(doc.get("apiVersion") == "serving.knative.dev/v1", "apiVersion must be serving.knative.dev/v1")
+        need(doc.get("kind") == "Service", "kind must be Service")
+        template = doc["spec"]["template"]
+        annotations = template["metadata"].get("annotations", {})
+        spec = template["spec"]
+        (container,) = spec["containers"]
+        name = container["name"]
+        found.add(name)
+        need(name in every, f"container {name} is not a Casebook binary")
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        for variable in env:
+            need(variable in every.get(name, set()), f"{variable} is not a setting of {name}")
+        (port,) = container["ports"]
+        need(port.get("name") == "h2c", "the port must be h2c (HTTP/2 end to end, which gRPC needs)")
+        need(not any(v.endswith("_ADDR") for v in env), "no *_ADDR: the service listens on Cloud Run's PORT")
+        for probe in ("startupProbe", "livenessProbe"):
+            need("grpc" in container.get(probe, {}), f"{probe} must be a gRPC probe")
+        concurrency = spec.get("containerConcurrency")
+        need(concurrency is not None, "containerConcurrency must be set")
+        if concurrency is not None:
+            need(int(env.get("MAX_CONCURRENT_CALLS") or 1024) >= concurrency,
+                 "containerConcurrency above MAX_CONCURRENT_CALLS: the process would refuse what Cloud Run admits")
+        need(seconds(env.get("SHUTDOWN_GRACE") or "10s") < 10,
+             "SHUTDOWN_GRACE must end inside Cloud Run's 10 s between SIGTERM and SIGKILL")
+        need(int(annotations.get("autoscaling.knative.dev/minScale", "0")) >= 1, "min-instances (minScale) >= 1")
+        need(annotations.get("run.googleapis.com/startup-cpu-boost") == "true", "startup CPU boost on")
+        if name in ("auth-svc", "case-svc"):
+            need("run.googleapis.com/cloudsql-instances" in annotations, "the Cloud SQL annotation")
+            need("DATABASE_URL" not in env, "DATABASE_URL must come from a secret, not a literal")
+            mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+            volumes = {v["name"]: v for v in spec.get("volumes", [])}
+            secret_file = env.get("DATABASE_URL_FILE") or ""
+            volume = next((volumes.get(n) for mount, n in mounts.items() if secret_file.startswith(mount + "/")), None)
+            need(volume is not None and "secret" in volume, "DATABASE_URL_FILE must point into a secret volume")
+        if name == "gateway":
+            for upstream in ("AUTH_SVC_URL", "CASE_SVC_URL"):
+                need((env.get(upstream) or "").startswith("https://"), f"{upstream} must be an https:// run.app URL")
+    for missing in sorted({"auth-svc", "case-svc", "gateway"} - found):
+        problems.append(f"deploy/cloudrun: no manifest for {missing}")
+    print("deploy/cloudrun: Knative shape and settings checked")
     return problems
 
 

@@ -316,6 +316,12 @@ pub struct ServerArgs {
     /// Time a client has to send a request's headers (HTTP/1.1).
     #[arg(long, env = "HEADER_READ_TIMEOUT", value_parser = duration, default_value = "10s")]
     pub header_read_timeout: Duration,
+    /// Request bytes buffered across all calls at once (REST and Connect bodies, the gateway's calls).
+    #[arg(long, env = "MAX_BUFFERED_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_buffered_bytes: usize,
+    /// Time a client has to send a whole buffered request body.
+    #[arg(long, env = "BODY_TIMEOUT", value_parser = duration, default_value = "10s")]
+    pub body_timeout: Duration,
     /// Where to serve Prometheus metrics (GET /metrics); unset: not served.
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -357,6 +363,18 @@ impl ServerArgs {
         crate::observe::AdmissionLimits {
             max_concurrent_calls: self.max_concurrent_calls,
             max_concurrent_streams: self.max_concurrent_streams,
+        }
+    }
+
+    /// How buffered request bodies are read: one message of
+    /// `GRPC_MAX_MESSAGE_BYTES` each (plus the 5-byte gRPC frame header),
+    /// `MAX_BUFFERED_BYTES` together, within `BODY_TIMEOUT`; `budget` is the
+    /// process's shared one.
+    pub fn body_limits(&self, budget: &crate::body::BufferBudget) -> crate::body::BodyLimits {
+        crate::body::BodyLimits {
+            max_bytes: self.grpc_max_message_bytes.saturating_add(5),
+            timeout: self.body_timeout,
+            budget: budget.clone(),
         }
     }
 

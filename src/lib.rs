@@ -8,10 +8,13 @@
 //! - [`observe`], [`metrics`], [`methods`]: request ids, admission limits,
 //!   per-call logs and Prometheus metrics, by registered method;
 //! - [`listener`], [`tls`]: bounded connections on every listener, optional TLS;
+//! - [`transcode`], [`body`]: REST, Connect and OpenAPI from the contracts, and
+//!   bounded reading of buffered request bodies;
 //! - [`config`], [`telemetry`], [`rpc_error`], [`wkt`]: settings, logs, error
 //!   details and protobuf well-known type conversions.
 
 pub mod auth;
+pub mod body;
 pub mod config;
 pub mod db;
 pub mod listener;
@@ -23,4 +26,5 @@ pub mod rpc_error;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod transcode;
 pub mod wkt;

@@ -23,3 +23,20 @@ pub mod casebook {
 
 /// Encoded descriptors of every Casebook contract, served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("casebook_descriptor");
+
+/// Casebook's descriptors with `google.rpc`'s (the error details), for the
+/// JSON mapping: built once per server at start.
+pub fn descriptor_pool() -> Result<prost_reflect::DescriptorPool, prost_reflect::DescriptorError> {
+    use prost::Message as _;
+    let mut pool = prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET)?;
+    // google.rpc imports well-known types the pool already holds.
+    let rpc = prost_types::FileDescriptorSet::decode(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .unwrap_or_default();
+    let missing: Vec<_> = rpc
+        .file
+        .into_iter()
+        .filter(|file| pool.get_file_by_name(file.name()).is_none())
+        .collect();
+    pool.add_file_descriptor_protos(missing)?;
+    Ok(pool)
+}

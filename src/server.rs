@@ -28,6 +28,7 @@ use crate::{
     metrics::{Metrics, ServerMetrics},
     observe::{AdmissionLayer, RecordLayer, RequestIdLayer},
     tls::ServerTls,
+    transcode::{HttpApi, TranscodeLayer},
 };
 
 /// The health service every server answers.
@@ -41,16 +42,39 @@ const DESCRIPTOR_SETS: [&[u8]; 4] = [
     tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
 ];
 
-/// Request headers a grpc-web client sends.
-const CORS_ALLOWED_HEADERS: [&str; 5] = [
+/// Request headers browsers may send: grpc-web's, Connect's, and the HTTP
+/// semantics of the REST routes (preconditions, idempotency keys).
+const CORS_ALLOWED_HEADERS: [&str; 11] = [
     "authorization",
     "content-type",
     "x-grpc-web",
     "x-user-agent",
     "grpc-timeout",
+    "connect-protocol-version",
+    "connect-timeout-ms",
+    "if-match",
+    "if-none-match",
+    "idempotency-key",
+    "x-request-id",
 ];
-/// Response headers a grpc-web client must be able to read.
-const CORS_EXPOSED_HEADERS: [&str; 3] = ["grpc-status", "grpc-message", "grpc-status-details-bin"];
+/// Response headers a browser client must be able to read.
+const CORS_EXPOSED_HEADERS: [&str; 7] = [
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    "etag",
+    "retry-after",
+    "www-authenticate",
+    "x-request-id",
+];
+/// The verbs of grpc-web, Connect and the REST routes.
+const CORS_ALLOWED_METHODS: [Method; 5] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+];
 
 /// Why a server failed to start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +88,9 @@ pub enum ServeError {
     /// A compiled-in descriptor set is broken (a build bug).
     #[error(transparent)]
     Descriptors(#[from] crate::methods::DescriptorError),
+    /// The HTTP routes cannot be served (a contract bug).
+    #[error(transparent)]
+    Http(#[from] crate::transcode::ApiError),
     /// In-flight calls outlived the shutdown grace period.
     #[error("in-flight calls did not finish within {0:?}; stopped anyway")]
     GraceExceeded(Duration),
@@ -117,6 +144,7 @@ pub struct GrpcServer {
     health: HealthReporter,
     tls: Option<ServerTls>,
     metrics: ServerMetrics,
+    buffered: crate::body::BufferBudget,
 }
 
 impl GrpcServer {
@@ -156,6 +184,7 @@ impl GrpcServer {
             service_names: Vec::new(),
             health,
             metrics,
+            buffered: crate::body::BufferBudget::new(options.max_buffered_bytes),
         })
     }
 
@@ -178,6 +207,12 @@ impl GrpcServer {
         self
     }
 
+    /// The request-body budget this server's bodies share (the gateway's
+    /// forwarding takes from it too).
+    pub fn buffer_budget(&self) -> &crate::body::BufferBudget {
+        &self.buffered
+    }
+
     /// Serves on `listener`. Health turns SERVING when `ready` resolves (for
     /// example once the first JWKS is loaded), so the process can start while
     /// a dependency is still down without receiving traffic it would fail.
@@ -197,10 +232,14 @@ impl GrpcServer {
             "grpc.reflection.v1alpha.ServerReflection",
         ]);
         let methods = Arc::new(Methods::new(&registered, &DESCRIPTOR_SETS)?);
+        let api = HttpApi::new(
+            &self.service_names,
+            self.options.body_limits(&self.buffered),
+        )?;
 
         let cors = CorsLayer::new()
             .allow_origin(AllowOrigin::list(self.cors_origins))
-            .allow_methods([Method::POST])
+            .allow_methods(CORS_ALLOWED_METHODS)
             .allow_headers(CORS_ALLOWED_HEADERS.map(HeaderName::from_static))
             .expose_headers(CORS_EXPOSED_HEADERS.map(HeaderName::from_static))
             .max_age(Duration::from_secs(600));
@@ -208,6 +247,8 @@ impl GrpcServer {
         let service = tower::ServiceBuilder::new()
             // Answers browser preflights before anything else looks at them.
             .layer(cors)
+            // REST and Connect become unary gRPC calls through everything below.
+            .layer(TranscodeLayer::new(api))
             // grpc-web becomes plain gRPC, so everything inside sees one protocol.
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(RequestIdLayer)

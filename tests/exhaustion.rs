@@ -304,8 +304,8 @@ async fn connections_past_the_limit_are_closed_and_the_ones_inside_keep_working(
 async fn partial_uploads_through_the_gateway_end_within_the_body_timeout_and_the_budget_holds() {
     const BUDGET: usize = 256 * 1024;
     let stack = GatewayStack::start(1, |c| {
-        c.body_timeout = Duration::from_millis(500);
-        c.max_buffered_bytes = BUDGET;
+        c.server.body_timeout = Duration::from_millis(500);
+        c.server.max_buffered_bytes = BUDGET;
     })
     .await;
     let budget = Arc::new(stack.gateway.buffered().clone());
@@ -350,8 +350,8 @@ async fn partial_uploads_through_the_gateway_end_within_the_body_timeout_and_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_that_would_overflow_the_buffer_budget_is_refused_at_once() {
     let stack = GatewayStack::start(1, |c| {
-        c.body_timeout = Duration::from_secs(60);
-        c.max_buffered_bytes = 2000;
+        c.server.body_timeout = Duration::from_secs(60);
+        c.server.max_buffered_bytes = 2000;
     })
     .await;
     let budget = stack.gateway.buffered().clone();

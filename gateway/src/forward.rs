@@ -3,11 +3,9 @@
 //! By the time a call gets here the grpc-web layer has turned it into plain
 //! gRPC, so forwarding is the same for browsers and native clients: cap the
 //! deadline, buffer the (unary) request so it can be retried, send it to a
-//! replica, and stream the response back. Buffering is bounded three ways:
-//! one call holds at most one message as the services accept it, all calls
-//! together at most `GATEWAY_MAX_BUFFERED_BYTES`, and a body must arrive
-//! within `GATEWAY_BODY_TIMEOUT` — so clients that send all but the last
-//! byte hold neither memory nor a task for long. Metadata such as
+//! replica, and stream the response back. Buffering is bounded as
+//! `casebook::body` bounds it: one message per call, `MAX_BUFFERED_BYTES`
+//! across calls, `BODY_TIMEOUT` per body. Metadata such as
 //! `authorization` and `grpc-timeout` travels with the request untouched;
 //! trailers (including `grpc-status-details-bin`) travel with the response.
 
@@ -23,7 +21,7 @@ use std::{
 
 use casebook::rpc_error;
 use http::header::HeaderName;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use tonic::{Code, server::NamedService};
 
 use crate::upstream::{Upstream, grpc_timeout, never_reached_handler, parse_grpc_timeout};
@@ -53,52 +51,8 @@ impl Route for CaseRoute {
 pub struct Limits {
     /// Ceiling on a call's deadline; calls without one get it.
     pub max_call_timeout: Duration,
-    /// Largest request body accepted.
-    pub max_request_bytes: usize,
-    /// Time a request body has to arrive in full.
-    pub body_timeout: Duration,
-    /// Bytes all calls may hold buffered at once.
-    pub buffered: BufferBudget,
-}
-
-/// The bytes every call's buffered request may take together, shared.
-#[derive(Clone, Debug)]
-pub struct BufferBudget {
-    bytes: Arc<tokio::sync::Semaphore>,
-    total: usize,
-}
-
-impl BufferBudget {
-    /// A budget of `total` bytes.
-    pub fn new(total: usize) -> Self {
-        let total = total.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
-        Self {
-            bytes: Arc::new(tokio::sync::Semaphore::new(total)),
-            total,
-        }
-    }
-
-    /// Bytes not taken right now.
-    pub fn available(&self) -> usize {
-        self.bytes.available_permits()
-    }
-
-    fn take(&self, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit, tonic::Status> {
-        let refused = || {
-            rpc_error::with_reason(
-                Code::ResourceExhausted,
-                "GATEWAY_BUSY",
-                format!(
-                    "the gateway is buffering {} bytes of requests already; retry with backoff",
-                    self.total
-                ),
-            )
-        };
-        let bytes = u32::try_from(bytes).map_err(|_| refused())?;
-        Arc::clone(&self.bytes)
-            .try_acquire_many_owned(bytes)
-            .map_err(|_| refused())
-    }
+    /// How a request body is buffered (size, time, the shared budget).
+    pub body: casebook::body::BodyLimits,
 }
 
 /// Forwards every call of service `R` to `upstream`.
@@ -171,7 +125,7 @@ async fn forward(
     parts.headers.insert(GRPC_TIMEOUT, grpc_timeout(deadline));
 
     // Held until the upstream call is done: the bytes live until then.
-    let (body, _held) = read_body(body, &limits).await?;
+    let (body, _held) = casebook::body::read(body, &limits.body).await?;
 
     let attempt = async {
         let mut last_error = None;
@@ -210,59 +164,6 @@ async fn forward(
     tokio::time::timeout(deadline, attempt)
         .await
         .map_err(|_| deadline_exceeded(upstream, deadline))?
-}
-
-/// The whole request body, within the call's byte limit, the shared budget
-/// and the body timeout; the budget permit is returned with it.
-async fn read_body(
-    body: tonic::body::Body,
-    limits: &Limits,
-) -> Result<(bytes::Bytes, tokio::sync::OwnedSemaphorePermit), tonic::Status> {
-    let too_large = || {
-        rpc_error::with_reason(
-            Code::ResourceExhausted,
-            "REQUEST_TOO_LARGE",
-            format!(
-                "request body is larger than {} bytes (one message of GRPC_MAX_MESSAGE_BYTES)",
-                limits.max_request_bytes
-            ),
-        )
-    };
-    let read = async {
-        let mut body = std::pin::pin!(body);
-        let mut buffer = bytes::BytesMut::new();
-        let mut held = limits.buffered.take(0)?;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|status| {
-                rpc_error::with_reason(
-                    Code::Cancelled,
-                    "REQUEST_BODY_FAILED",
-                    format!("the request body could not be read: {}", status.message()),
-                )
-            })?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            if buffer.len() + data.len() > limits.max_request_bytes {
-                return Err(too_large());
-            }
-            held.merge(limits.buffered.take(data.len())?);
-            buffer.extend_from_slice(&data);
-        }
-        Ok((buffer.freeze(), held))
-    };
-    tokio::time::timeout(limits.body_timeout, read)
-        .await
-        .map_err(|_| {
-            rpc_error::with_reason(
-                Code::DeadlineExceeded,
-                "REQUEST_BODY_TIMEOUT",
-                format!(
-                    "the request body did not arrive within {:?} (GATEWAY_BODY_TIMEOUT)",
-                    limits.body_timeout
-                ),
-            )
-        })?
 }
 
 fn deadline_exceeded(upstream: &Upstream, deadline: Duration) -> tonic::Status {

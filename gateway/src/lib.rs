@@ -55,12 +55,6 @@ pub struct Config {
     /// Ceiling on any call's deadline (calls without one get this).
     #[arg(long, env = "GATEWAY_MAX_CALL_TIMEOUT", value_parser = duration, default_value = "30s")]
     pub max_call_timeout: Duration,
-    /// Request bytes buffered across all calls at once; beyond it calls are refused (RESOURCE_EXHAUSTED).
-    #[arg(long, env = "GATEWAY_MAX_BUFFERED_BYTES", default_value_t = 64 * 1024 * 1024)]
-    pub max_buffered_bytes: usize,
-    /// Time a client has to send a whole request body.
-    #[arg(long, env = "GATEWAY_BODY_TIMEOUT", value_parser = duration, default_value = "10s")]
-    pub body_timeout: Duration,
     /// Listener behaviour (CORS origins, shutdown grace, ...).
     #[command(flatten)]
     pub server: ServerArgs,
@@ -80,7 +74,7 @@ pub struct Gateway {
     pub auth: Arc<Upstream>,
     /// case-svc's replicas.
     pub cases: Arc<Upstream>,
-    buffered: forward::BufferBudget,
+    buffered: casebook::body::BufferBudget,
 }
 
 impl Config {
@@ -127,15 +121,14 @@ pub async fn build(config: Config, metrics: &Metrics) -> Result<Gateway, StartEr
     let watch_cases = cases.watch().await;
     auth.report_to(&metrics);
     cases.report_to(&metrics);
+    let server = GrpcServer::without_auth(&config.server, metrics)?;
+    let buffered = server.buffer_budget().clone();
     let limits = Limits {
         max_call_timeout: config.max_call_timeout,
-        // One message, as the services accept it, plus its 5-byte frame header.
-        max_request_bytes: config.server.grpc_max_message_bytes.saturating_add(5),
-        body_timeout: config.body_timeout,
-        buffered: forward::BufferBudget::new(config.max_buffered_bytes),
+        // One message, as the services accept it, within the server's budget.
+        body: config.server.body_limits(&buffered),
     };
-    let buffered = limits.buffered.clone();
-    let mut server = GrpcServer::without_auth(&config.server, metrics)?
+    let mut server = server
         .add_service(Forward::<AuthRoute>::new(Arc::clone(&auth), limits.clone()))
         .add_service(Forward::<CaseRoute>::new(Arc::clone(&cases), limits))
         // Readiness is the upstreams' business: `report_health` decides.
@@ -192,7 +185,7 @@ impl Gateway {
     }
 
     /// The request bytes all calls may still buffer.
-    pub fn buffered(&self) -> &forward::BufferBudget {
+    pub fn buffered(&self) -> &casebook::body::BufferBudget {
         &self.buffered
     }
 }

@@ -20,6 +20,12 @@ use clap::{Args, Parser, Subcommand};
 use better_auth::UserRow;
 use dev_issuer::{DevIssuer, Exposure};
 
+/// Every service the gateway routes to, by full name.
+pub const SERVICES: [&str; 2] = [
+    casebook::pb::casebook::auth::v1::auth_service_server::SERVICE_NAME,
+    casebook::pb::casebook::cases::v1::case_service_server::SERVICE_NAME,
+];
+
 /// Email of the user the stack creates and prints a token for.
 pub const DEMO_EMAIL: &str = "demo@casebook.local";
 
@@ -53,6 +59,9 @@ pub enum Command {
         #[arg(long, env = "DEV_ISSUER_ALLOW_NON_LOOPBACK")]
         allow_non_loopback: bool,
     },
+    /// Print the OpenAPI document of every REST route (what the gateway serves
+    /// at /openapi.json; committed as docs/openapi.json).
+    Openapi,
     /// Print a development token for a user (created if missing), for scripts.
     Token {
         /// The user's email.

@@ -67,6 +67,36 @@ async fn the_stack_starts_from_nothing_and_keeps_its_data() {
         "{banner}"
     );
     assert!(banner.contains(&stack.cases.local_addr().to_string()));
+    // The curl lines come first and work as printed.
+    assert!(banner.find("curl ") < banner.find("grpcurl "), "{banner}");
+    let mut answers: Vec<serde_json::Value> = Vec::new();
+    for line in stack.curl_lines() {
+        assert!(banner.contains(line.as_str()));
+        let token = stack.token.clone();
+        // curl blocks: off the runtime the stack serves on.
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("sh")
+                .args(["-c", &format!("{line} --silent --max-time 10")])
+                .env_clear()
+                .env("PATH", "/usr/bin:/bin")
+                .env("JWT", token)
+                .output()
+                .map(|output| (line, output))
+        })
+        .await
+        .unwrap()
+        .expect("curl runs");
+        let (line, output) = output;
+        assert!(output.status.success(), "{line}: {output:?}");
+        answers.push(
+            serde_json::from_slice(&output.stdout)
+                .unwrap_or_else(|e| panic!("{line}: {e}: {output:?}")),
+        );
+    }
+    assert_eq!(answers[0]["email"], DEMO_EMAIL);
+    assert!(answers[1]["name"].as_str().unwrap().starts_with("cases/"));
+    assert_eq!(answers[2]["cases"][0]["name"], answers[1]["name"]);
+    assert_eq!(answers[3]["email"], DEMO_EMAIL, "Connect: {}", answers[3]);
 
     let me = AuthServiceClient::new(channel(stack.auth.local_addr()).await)
         .who_am_i(bearer(WhoAmIRequest {}, &stack.token))
@@ -106,7 +136,8 @@ async fn the_stack_starts_from_nothing_and_keeps_its_data() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(listed.cases, vec![created]);
+    assert_eq!(listed.cases.len(), 2, "the banner's curl case and this one");
+    assert_eq!(listed.cases[0], created, "newest first");
 
     // `casebook token` mints for another user, who sees none of the demo's cases.
     let mut other = args(data.path());

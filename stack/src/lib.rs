@@ -212,9 +212,10 @@ impl Stack {
             r#"
 Casebook is running (data in {data}).
 
-  auth-svc  {auth}   casebook.auth.v1.AuthService    gRPC and grpc-web
-  case-svc  {cases}   casebook.cases.v1.CaseService   gRPC and grpc-web
-  gateway   http://{gateway}   grpc-web for the browser (CORS: {origins})
+  gateway   http://{gateway}   REST/JSON, Connect, grpc-web and gRPC: one origin (CORS: {origins})
+  auth-svc  {auth}   casebook.auth.v1.AuthService    every protocol too
+  case-svc  {cases}   casebook.cases.v1.CaseService   every protocol too
+  openapi   http://{gateway}/openapi.json
   metrics   {metrics}
   issuer    {issuer}/api/auth/jwks   development keys (stands in for Better Auth)
 
@@ -222,6 +223,7 @@ Signed in as {email} ({id}). Token (valid {lifetime}):
 
 export JWT={token}
 
+{curl}
 grpcurl -plaintext -H "authorization: Bearer $JWT" {auth} casebook.auth.v1.AuthService/WhoAmI
 grpcurl -plaintext -H "authorization: Bearer $JWT" -d '{{"case":{{"title":"Printer on fire","type":"INCIDENT"}}}}' {cases} casebook.cases.v1.CaseService/CreateCase
 grpcurl -plaintext -H "authorization: Bearer $JWT" {cases} casebook.cases.v1.CaseService/ListCases
@@ -230,6 +232,7 @@ cargo stack token --email you@example.com    # a token for another user
 
 Ctrl-C stops everything.
 "#,
+            curl = self.curl_lines().join("\n"),
             data = self.data_dir.display(),
             origins = self.cors_origins,
             metrics = self
@@ -240,6 +243,23 @@ Ctrl-C stops everything.
             id = self.demo.id,
             lifetime = humantime::format_duration(self.token_lifetime),
         )
+    }
+
+    /// `curl` commands against the gateway that work as printed (with `$JWT`
+    /// exported): every machine has curl.
+    pub fn curl_lines(&self) -> Vec<String> {
+        let base = format!("http://{}", self.gateway.local_addr());
+        let auth = r#"-H "authorization: Bearer $JWT""#;
+        vec![
+            format!("curl {auth} {base}/api/auth/me"),
+            format!(
+                r#"curl {auth} -H 'content-type: application/json' -d '{{"title":"Printer on fire","type":"INCIDENT"}}' {base}/v1/cases"#
+            ),
+            format!("curl {auth} '{base}/v1/cases?pageSize=10&filter=status%20%3D%20OPEN'"),
+            format!(
+                r#"curl {auth} -H 'content-type: application/json' -d '{{}}' {base}/casebook.auth.v1.AuthService/WhoAmI"#
+            ),
+        ]
     }
 
     /// Stops the gateway, then the services (gracefully), then the issuer.

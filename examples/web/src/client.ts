@@ -1,8 +1,10 @@
-// The part to copy into your app: Casebook clients over grpc-web, with the
-// Better Auth token attached to every call, and errors turned into
-// { code, reason } so the UI can branch on the ErrorInfo reason.
+// The part to copy into your app: Casebook clients over the Connect protocol
+// (plain HTTP POSTs of JSON; grpc-web works the same way with
+// createGrpcWebTransport), with the Better Auth token attached to every call,
+// and errors turned into { code, reason } so the UI can branch on the
+// ErrorInfo reason.
 import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
-import { createGrpcWebTransport } from "@connectrpc/connect-web";
+import { createConnectTransport } from "@connectrpc/connect-web";
 import { AuthService } from "./gen/casebook/auth/v1/auth_pb";
 import { CaseService } from "./gen/casebook/cases/v1/cases_pb";
 import { ErrorInfoSchema } from "./gen/google/rpc/error_details_pb";
@@ -19,7 +21,7 @@ export function casebook(baseUrl: string, token: () => string | undefined): Case
     if (jwt) request.header.set("authorization", `Bearer ${jwt}`);
     return next(request);
   };
-  const transport = createGrpcWebTransport({ baseUrl, interceptors: [bearer] });
+  const transport = createConnectTransport({ baseUrl, interceptors: [bearer] });
   return { auth: createClient(AuthService, transport), cases: createClient(CaseService, transport) };
 }
 

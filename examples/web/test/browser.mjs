@@ -80,19 +80,37 @@ try {
       if (attempt === 10) throw new Error(`WhoAmI never succeeded: ${await tab.textContent("#error")}`);
     }
   }
-  console.log("ok WhoAmI:", await tab.textContent("#me"));
+  console.log("ok WhoAmI (Connect):", await tab.textContent("#me"));
+
+  // Plain fetch against the REST routes, cross-origin, as a front end written
+  // for the FastAPI design calls it.
+  const gateway = `http://127.0.0.1:${gatewayPort}`;
+  const [status, me, etag] = await tab.evaluate(async ([gateway, token]) => {
+    const authorization = `Bearer ${token}`;
+    const me = await fetch(`${gateway}/api/auth/me`, { headers: { authorization } });
+    const created = await fetch(`${gateway}/v1/cases`, {
+      method: "POST",
+      headers: { authorization, "content-type": "application/json", "idempotency-key": "browser-1" },
+      body: JSON.stringify({ title: "Filed with fetch", type: "REQUEST" }),
+    });
+    return [me.status, await me.json(), created.headers.get("etag")];
+  }, [gateway, token]);
+  assert.equal(status, 200);
+  assert.equal(me.email, "demo@casebook.local");
+  assert.match(etag, /^"v\d+"$/, "the ETag header is exposed to the page");
+  console.log("ok fetch: GET /api/auth/me, POST /v1/cases with ETag", etag);
 
   // CreateCase, then ListCases shows it.
   await tab.fill("#title", "Filed from Chromium");
   await tab.click("#create");
   const item = tab.locator("#cases li", { hasText: "Filed from Chromium" });
   await item.waitFor();
-  assert.equal(await tab.textContent("#count"), "1");
+  assert.equal(await tab.textContent("#count"), "2");
   console.log("ok CreateCase + ListCases");
 
   // DeleteCase hides it; with "show deleted" it is back, marked; UndeleteCase restores it.
   await item.locator("button", { hasText: "Delete" }).click();
-  await tab.locator("#count").filter({ hasText: /^0$/ }).waitFor();
+  await tab.locator("#count").filter({ hasText: /^1$/ }).waitFor();
   await tab.check("#show-deleted");
   await tab.click("#list");
   const deleted = tab.locator("#cases li", { hasText: "Filed from Chromium (deleted)" });

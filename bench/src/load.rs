@@ -1,8 +1,9 @@
 //! The scenarios and the closed-loop workers that drive them: `concurrency`
 //! workers share `connections` HTTP/2 connections, each sending its next call
-//! as soon as the previous one answers, until the deadline. The grpc-web
-//! scenario goes through the gateway as a browser on plain HTTP does: one
-//! HTTP/1.1 request per call, on keep-alive connections from a pool.
+//! as soon as the previous one answers, until the deadline. The grpc-web,
+//! REST and Connect scenarios go through the gateway as a browser on plain
+//! HTTP does: one HTTP/1.1 request per call, on keep-alive connections from
+//! a pool.
 
 use std::{sync::Arc, time::Duration};
 
@@ -49,6 +50,16 @@ pub enum Scenario {
     Noop,
     /// CaseService/GetCase as a browser sends it: grpc-web over HTTP/1.1 through the gateway.
     GrpcWebGetCase,
+    /// CaseService/GetCase over native gRPC through the gateway (what REST is compared with).
+    GatewayGetCase,
+    /// `GET /v1/cases/{id}`: REST over HTTP/1.1 keep-alive through the gateway.
+    RestGetCase,
+    /// `GET /v1/cases?pageSize=20`: REST through the gateway.
+    RestListCases,
+    /// `POST /v1/cases`: REST through the gateway.
+    RestCreateCase,
+    /// GetCase over Connect (JSON) through the gateway.
+    ConnectGetCase,
 }
 
 /// Per-user data the scenarios use.
@@ -62,6 +73,7 @@ pub struct Fixture {
 struct Clients {
     auth: AuthServiceClient<Channel>,
     cases: CaseServiceClient<Channel>,
+    via_gateway: CaseServiceClient<Channel>,
     health: HealthClient<Channel>,
     web: WebClient,
 }
@@ -81,6 +93,49 @@ impl WebClient {
         Self {
             http: Client::builder(TokioExecutor::new()).build(connector),
             base: format!("http://{addr}"),
+        }
+    }
+
+    /// One HTTP/JSON call (REST, or Connect with `path` a method path); the
+    /// outcome is read from the HTTP status.
+    async fn json(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<String>,
+        token: &str,
+    ) -> Result<(), Code> {
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {token}"));
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|_| Code::Internal)?;
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|_| Code::Unavailable)?;
+        let status = response.status();
+        response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|_| Code::Unavailable)?;
+        match status.as_u16() {
+            200..=299 => Ok(()),
+            400 => Err(Code::InvalidArgument),
+            401 => Err(Code::Unauthenticated),
+            404 => Err(Code::NotFound),
+            409 | 412 => Err(Code::Aborted),
+            429 => Err(Code::ResourceExhausted),
+            503 => Err(Code::Unavailable),
+            504 => Err(Code::DeadlineExceeded),
+            _ => Err(Code::Unknown),
         }
     }
 
@@ -272,6 +327,37 @@ async fn call(
                 )
                 .await;
         }
+        Scenario::GatewayGetCase => clients
+            .via_gateway
+            .get_case(bearer(GetCaseRequest { name }, token))
+            .await
+            .map(drop),
+        Scenario::RestGetCase => {
+            let path = format!("/v1/{name}");
+            return clients
+                .web
+                .json(http::Method::GET, &path, None, token)
+                .await;
+        }
+        Scenario::RestListCases => {
+            let path = "/v1/cases?pageSize=20";
+            return clients.web.json(http::Method::GET, path, None, token).await;
+        }
+        Scenario::RestCreateCase => {
+            let body = r#"{"title":"load","type":"REQUEST"}"#.to_owned();
+            return clients
+                .web
+                .json(http::Method::POST, "/v1/cases", Some(body), token)
+                .await;
+        }
+        Scenario::ConnectGetCase => {
+            let body = format!(r#"{{"name":"{name}"}}"#);
+            let path = "/casebook.cases.v1.CaseService/GetCase";
+            return clients
+                .web
+                .json(http::Method::POST, path, Some(body), token)
+                .await;
+        }
         Scenario::Mixed => Ok(()),
     };
     result.map_err(|status| status.code())
@@ -311,8 +397,10 @@ pub struct Targets {
     pub auth: std::net::SocketAddr,
     /// case-svc.
     pub cases: std::net::SocketAddr,
-    /// The gateway, over grpc-web.
+    /// The gateway, over HTTP/1.1 (grpc-web, REST, Connect).
     pub web: WebClient,
+    /// The gateway, over native gRPC.
+    pub gateway: std::net::SocketAddr,
 }
 
 /// Runs `scenario` for `duration` and returns every worker's samples.
@@ -330,6 +418,7 @@ pub async fn run(
         pool.push(Clients {
             auth: AuthServiceClient::new(auth.clone()),
             cases: CaseServiceClient::new(cases),
+            via_gateway: CaseServiceClient::new(connect(targets.gateway).await?),
             health: HealthClient::new(auth),
             web: targets.web.clone(),
         });

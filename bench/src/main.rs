@@ -97,6 +97,11 @@ async fn main() -> anyhow::Result<()> {
             Scenario::UpdateCase,
             Scenario::Mixed,
             Scenario::GrpcWebGetCase,
+            Scenario::GatewayGetCase,
+            Scenario::RestGetCase,
+            Scenario::RestListCases,
+            Scenario::RestCreateCase,
+            Scenario::ConnectGetCase,
         ]
     } else {
         cli.scenarios.clone()
@@ -130,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
         auth: system.auth.addr,
         cases: system.cases.addr,
         web: load::WebClient::new(system.gateway.addr),
+        gateway: system.gateway.addr,
     };
     let server_cpu = || {
         [&system.auth, &system.cases, &system.gateway]

@@ -136,13 +136,7 @@ pub fn rest(
             "details": json_details(status, pool),
         }
     });
-    let builder = http::Response::builder().status(http).header(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    error_headers(builder, status, http, token_sent)
-        .body(bytes::Bytes::from(body.to_string()))
-        .unwrap_or_default()
+    respond(status, http, token_sent, &body)
 }
 
 /// A Connect error: `{"code", "message", "details": [{"type", "value"}]}`
@@ -165,6 +159,16 @@ pub fn connect(status: &Status, token_sent: bool) -> http::Response<bytes::Bytes
     if !details.is_empty() {
         body["details"] = Value::Array(details);
     }
+    respond(status, http, token_sent, &body)
+}
+
+/// `body` as a JSON error answer with the headers of [`error_headers`].
+fn respond(
+    status: &Status,
+    http: StatusCode,
+    token_sent: bool,
+    body: &Value,
+) -> http::Response<bytes::Bytes> {
     let builder = http::Response::builder().status(http).header(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -2,13 +2,11 @@
 //! so a transcoded call gets the same request id, metrics, log line,
 //! admission and authentication as a native one.
 
-use std::convert::Infallible;
-
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use http_body_util::{BodyExt, Full, Limited};
 use tonic::{Code, Status};
-use tower::{Service, ServiceExt};
+use tower::ServiceExt;
 
 /// The largest response a transcoded call reads (a page of cases is far less).
 const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
@@ -38,14 +36,12 @@ pub struct Reply {
 
 /// Calls `path` on `inner` with the encoded `message`; `headers` become the
 /// call's metadata (minus those describing the HTTP exchange).
-pub async fn call<S>(inner: S, path: &str, headers: &HeaderMap, message: Bytes) -> Reply
-where
-    S: Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-        >,
-{
+pub async fn call<S: super::GrpcStack>(
+    inner: S,
+    path: &str,
+    headers: &HeaderMap,
+    message: Bytes,
+) -> Reply {
     let mut frame = BytesMut::with_capacity(message.len() + 5);
     frame.put_u8(0);
     frame.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));

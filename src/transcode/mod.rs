@@ -33,6 +33,25 @@ use crate::{
 };
 use routes::{Found, Route, Routes};
 
+/// The rest of a server's stack, which a transcoded call is sent through.
+pub trait GrpcStack:
+    Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+        Error = Infallible,
+    >
+{
+}
+
+impl<S> GrpcStack for S where
+    S: Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        >
+{
+}
+
 /// `application/json`, the REST and Connect JSON content type.
 const JSON: &str = "application/json";
 /// Connect's binary content type.
@@ -123,13 +142,7 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 
 impl<S, B> Service<http::Request<B>> for Transcode<S>
 where
-    S: Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
+    S: GrpcStack + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
@@ -169,11 +182,7 @@ struct Exchange<'a> {
 impl HttpApi {
     async fn answer<S, B>(&self, inner: S, request: http::Request<B>) -> http::Response<Bytes>
     where
-        S: Service<
-                http::Request<tonic::body::Body>,
-                Response = http::Response<tonic::body::Body>,
-                Error = Infallible,
-            >,
+        S: GrpcStack,
         B: http_body::Body<Data = Bytes>,
         B::Error: std::fmt::Display,
     {
@@ -246,11 +255,7 @@ impl HttpApi {
         body: B,
     ) -> http::Response<Bytes>
     where
-        S: Service<
-                http::Request<tonic::body::Body>,
-                Response = http::Response<tonic::body::Body>,
-                Error = Infallible,
-            >,
+        S: GrpcStack,
         B: http_body::Body<Data = Bytes>,
         B::Error: std::fmt::Display,
     {
@@ -389,11 +394,7 @@ impl HttpApi {
         body: B,
     ) -> http::Response<Bytes>
     where
-        S: Service<
-                http::Request<tonic::body::Body>,
-                Response = http::Response<tonic::body::Body>,
-                Error = Infallible,
-            >,
+        S: GrpcStack,
         B: http_body::Body<Data = Bytes>,
         B::Error: std::fmt::Display,
     {

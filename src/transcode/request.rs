@@ -280,6 +280,44 @@ fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, String> {
 mod tests {
     use super::*;
 
+    fn message(name: &str) -> MessageDescriptor {
+        crate::pb::descriptor_pool()
+            .unwrap()
+            .get_message_by_name(name)
+            .unwrap()
+    }
+
+    #[test]
+    fn query_values_take_their_fields_types_and_repeat_into_lists() {
+        let principal = message("casebook.auth.v1.Principal");
+        let mut json = Map::new();
+        for audience in ["a", "b"] {
+            set(&principal, &mut json, "audiences", audience, true).unwrap();
+        }
+        assert_eq!(json["audiences"], serde_json::json!(["a", "b"]));
+
+        let case = message("casebook.cases.v1.Case");
+        let mut json = Map::new();
+        set(&case, &mut json, "status", "IN_PROGRESS", true).unwrap();
+        set(&case, &mut json, "createTime", "2026-12-01T00:00:00Z", true).unwrap();
+        let parsed = DynamicMessage::deserialize(case.clone(), Value::Object(json)).unwrap();
+        assert_eq!(
+            parsed.get_field_by_name("status").unwrap().as_enum_number(),
+            Some(2),
+            "enum values by name"
+        );
+        assert!(parsed.has_field_by_name("create_time"));
+
+        let list = message("casebook.cases.v1.ListCasesRequest");
+        let mut json = Map::new();
+        for (field, bad) in [("pageSize", "x"), ("showDeleted", "yes"), ("nope", "1")] {
+            let violation = set(&list, &mut json, field, bad, true).unwrap_err();
+            assert_eq!(violation.field, field);
+        }
+        set(&list, &mut json, "page_size", "7", true).unwrap();
+        assert_eq!(json["pageSize"], 7, "proto and JSON names both work");
+    }
+
     #[test]
     fn entity_tags_lose_quotes_and_weakness_and_star_is_any() {
         assert_eq!(first_entity_tag(r#""v3""#).as_deref(), Some("v3"));

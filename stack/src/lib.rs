@@ -91,7 +91,7 @@ pub struct StackArgs {
     /// case-svc's address.
     #[arg(long, env = "CASE_SVC_ADDR", default_value = "127.0.0.1:50052")]
     pub case_svc_addr: SocketAddr,
-    /// The gateway's address (grpc-web for the browser).
+    /// The gateway's address (REST, Connect, grpc-web and gRPC on one origin).
     #[arg(long, env = "GATEWAY_ADDR", default_value = "127.0.0.1:8080")]
     pub gateway_addr: SocketAddr,
     /// Browser origins allowed to call the gateway (the example page's dev server by default).

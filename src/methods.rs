@@ -104,16 +104,6 @@ impl Methods {
     pub fn resolve(&self, path: &str) -> &Method {
         self.by_path.get(path).unwrap_or(&self.other)
     }
-
-    /// How many methods are registered.
-    pub fn len(&self) -> usize {
-        self.by_path.len()
-    }
-
-    /// Whether none are.
-    pub fn is_empty(&self) -> bool {
-        self.by_path.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -206,11 +206,6 @@ impl ServerMetrics {
         Metrics::new().for_server(server)
     }
 
-    /// The server's name, as in the `server` label.
-    pub fn server(&self) -> &'static str {
-        self.server
-    }
-
     /// A call took a slot of `kind`.
     pub fn slot_taken(&self, kind: SlotKind) {
         self.in_flight(kind).inc();

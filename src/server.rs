@@ -1,9 +1,11 @@
 //! The bootstrap every Casebook service starts through.
 //!
 //! Reading [`GrpcServer::serve`] tells you what every request goes through:
-//! CORS (answers browser preflights) → grpc-web translation → observation
-//! (request id, concurrency limit, metrics, one log line) → authentication →
-//! the service. Around that, every server gets health (`grpc.health.v1`,
+//! the bounded accept loop (`listener`) → CORS (answers browser preflights)
+//! → transcoding (REST and Connect become gRPC) → grpc-web translation →
+//! request id → metrics and the log line → decode-error restating →
+//! admission → authentication → the service. Around that, every server gets
+//! health (`grpc.health.v1`,
 //! NOT_SERVING until the service says it is ready and again from the moment
 //! shutdown starts), reflection v1 and v1alpha (grpcurl 1.8 speaks only the
 //! latter) and graceful shutdown bounded by a grace period.
@@ -286,7 +288,6 @@ impl GrpcServer {
             local_addr,
             health: self.health,
             service_names: self.service_names,
-            metrics: self.metrics,
             stop,
             task,
             tasks,
@@ -327,7 +328,6 @@ pub struct RunningServer {
     local_addr: SocketAddr,
     health: HealthReporter,
     service_names: Vec<&'static str>,
-    metrics: ServerMetrics,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
     /// Background work the server owns (readiness, the service's own tasks):
@@ -345,11 +345,6 @@ impl RunningServer {
     /// The server's health reporter, for services that track more than readiness.
     pub fn health(&self) -> &HealthReporter {
         &self.health
-    }
-
-    /// What this server records its calls in.
-    pub fn metrics(&self) -> &ServerMetrics {
-        &self.metrics
     }
 
     /// Runs `task` for as long as the server: it is stopped at shutdown (the

@@ -99,23 +99,22 @@ impl AdmissionLayer {
                 let permit = Arc::clone(&self.unary)
                     .try_acquire_owned()
                     .map_err(|_| ("OVERLOADED", &self.overloaded))?;
-                (SlotKind::Unary, vec![permit])
+                (SlotKind::Unary, (permit, None))
             }
             MethodKind::Stream => {
                 let refused = |_| ("TOO_MANY_STREAMS", &self.too_many_streams);
-                let mut permits = vec![
-                    Arc::clone(&self.streams)
-                        .try_acquire_owned()
-                        .map_err(refused)?,
-                ];
-                if let Some(ConnectionStreams(per_connection)) = connection {
-                    permits.push(
+                let process = Arc::clone(&self.streams)
+                    .try_acquire_owned()
+                    .map_err(refused)?;
+                let connection = match connection {
+                    Some(ConnectionStreams(per_connection)) => Some(
                         Arc::clone(per_connection)
                             .try_acquire_owned()
                             .map_err(refused)?,
-                    );
-                }
-                (SlotKind::Stream, permits)
+                    ),
+                    None => None,
+                };
+                (SlotKind::Stream, (process, connection))
             }
         };
         self.metrics.slot_taken(slot_kind);
@@ -148,7 +147,8 @@ pub struct Admission<S> {
 /// A taken slot, given back (and uncounted) when dropped.
 struct Slot {
     kind: SlotKind,
-    _permits: Vec<OwnedSemaphorePermit>,
+    /// The process-wide permit, and for a stream its connection's.
+    _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
     metrics: ServerMetrics,
 }
 

@@ -112,7 +112,7 @@ async fn watch_streams_past_the_limit_are_refused_while_checks_and_calls_are_ans
     let mut held = Vec::new();
     let mut refused = 0;
     // Spread over connections, so only the process-wide limit applies.
-    for connection in 0..4 {
+    for _ in 0..4 {
         let mut health = HealthClient::new(app.channel().await);
         for _ in 0..(STREAMS + 100) / 4 {
             match health.watch(HealthCheckRequest::default()).await {
@@ -123,7 +123,6 @@ async fn watch_streams_past_the_limit_are_refused_while_checks_and_calls_are_ans
                 }
             }
         }
-        assert!(connection < 4);
     }
     assert_eq!(held.len(), STREAMS, "exactly the stream limit is open");
     assert_eq!(refused, 100);

@@ -115,18 +115,8 @@ impl WebClient {
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|_| Code::Internal)?;
-        let response = self
-            .http
-            .request(request)
-            .await
-            .map_err(|_| Code::Unavailable)?;
-        let status = response.status();
-        response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|_| Code::Unavailable)?;
-        match status.as_u16() {
+        let (parts, _) = self.send(request).await?;
+        match parts.status.as_u16() {
             200..=299 => Ok(()),
             400 => Err(Code::InvalidArgument),
             401 => Err(Code::Unauthenticated),
@@ -156,6 +146,16 @@ impl WebClient {
             .header("authorization", format!("Bearer {token}"))
             .body(Full::new(Bytes::from(frame)))
             .map_err(|_| Code::Internal)?;
+        let (parts, body) = self.send(request).await?;
+        grpc_web_outcome(&parts.headers, &body)
+    }
+
+    /// Sends `request` and reads the whole answer; a transport failure is
+    /// `Unavailable`, as a client would see it.
+    async fn send(
+        &self,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<(http::response::Parts, Bytes), Code> {
         let response = self
             .http
             .request(request)
@@ -167,7 +167,7 @@ impl WebClient {
             .await
             .map_err(|_| Code::Unavailable)?
             .to_bytes();
-        grpc_web_outcome(&parts.headers, &body)
+        Ok((parts, body))
     }
 }
 

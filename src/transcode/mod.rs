@@ -183,8 +183,7 @@ impl HttpApi {
     async fn answer<S, B>(&self, inner: S, request: http::Request<B>) -> http::Response<Bytes>
     where
         S: GrpcStack,
-        B: http_body::Body<Data = Bytes>,
-        B::Error: std::fmt::Display,
+        B: http_body::Body<Data = Bytes, Error: std::fmt::Display>,
     {
         let (parts, body) = request.into_parts();
         let path = parts.uri.path();
@@ -256,8 +255,7 @@ impl HttpApi {
     ) -> http::Response<Bytes>
     where
         S: GrpcStack,
-        B: http_body::Body<Data = Bytes>,
-        B::Error: std::fmt::Display,
+        B: http_body::Body<Data = Bytes, Error: std::fmt::Display>,
     {
         let headers = exchange.headers;
         let mut held = None;
@@ -303,7 +301,7 @@ impl HttpApi {
         )
         .await;
         drop(held);
-        let mut response = match reply.result {
+        let response = match reply.result {
             Ok(bytes) => self.rest_success(route, &bytes, headers),
             Err(status) => {
                 let precondition_failed = headers.contains_key(header::IF_MATCH)
@@ -316,10 +314,7 @@ impl HttpApi {
                 self.rest_error(&status, http, exchange)
             }
         };
-        if let Some(id) = reply.headers.get(REQUEST_ID) {
-            response.headers_mut().insert(REQUEST_ID, id.clone());
-        }
-        response
+        with_request_id(response, &reply.headers)
     }
 
     /// The response message as JSON, with its `ETag` (`304` when the
@@ -395,8 +390,7 @@ impl HttpApi {
     ) -> http::Response<Bytes>
     where
         S: GrpcStack,
-        B: http_body::Body<Data = Bytes>,
-        B::Error: std::fmt::Display,
+        B: http_body::Body<Data = Bytes, Error: std::fmt::Display>,
     {
         let headers = exchange.headers;
         let fail = |status: Status| error::connect(&status, exchange.token_sent);
@@ -453,7 +447,7 @@ impl HttpApi {
         };
         let reply = grpc::call(inner, &routes::grpc_path(method), &metadata, message).await;
         drop(held);
-        let mut response = match reply.result {
+        let response = match reply.result {
             Ok(bytes) if binary => http::Response::builder()
                 .header(header::CONTENT_TYPE, PROTO)
                 .body(bytes)
@@ -469,10 +463,7 @@ impl HttpApi {
             },
             Err(status) => fail(status),
         };
-        if let Some(id) = reply.headers.get(REQUEST_ID) {
-            response.headers_mut().insert(REQUEST_ID, id.clone());
-        }
-        response
+        with_request_id(response, &reply.headers)
     }
 }
 
@@ -489,6 +480,15 @@ fn openapi_text(pool: &DescriptorPool, routes: &Routes) -> String {
         serde_json::to_string_pretty(&openapi::document(pool, routes)).unwrap_or_default();
     text.push('\n');
     text
+}
+
+/// `response` with the call's `x-request-id`, so an HTTP client can quote it
+/// as a gRPC one would.
+fn with_request_id(mut response: http::Response<Bytes>, call: &HeaderMap) -> http::Response<Bytes> {
+    if let Some(id) = call.get(REQUEST_ID) {
+        response.headers_mut().insert(REQUEST_ID, id.clone());
+    }
+    response
 }
 
 /// `Some(binary)` when the request is Connect unary: `application/proto`

@@ -651,18 +651,25 @@ impl CaseSvc {
 }
 
 /// The service binary `name` (`auth-svc`, `case-svc`, `gateway`), built on
-/// demand: the test harness builds only this package.
+/// demand: the test harness builds only this package. The cargo and the
+/// target directory are the ones that built this test (compile-time facts),
+/// never whatever the environment exports.
 pub fn binary(name: &str) -> std::path::PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
+    let status = std::process::Command::new(env!("CARGO"))
         .args(["build", "--quiet", "-p", name])
+        .env("CARGO_TARGET_DIR", target_dir())
         .status()
         .expect("cargo runs");
     assert!(status.success(), "building {name} failed");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("debug").join(name)
+    target_dir().join("debug").join(name)
+}
+
+/// The target directory this test was built in (`CARGO_TARGET_TMPDIR` is
+/// its `tmp` subdirectory).
+fn target_dir() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("CARGO_TARGET_TMPDIR lies inside the target directory")
 }
 
 /// A request carrying `authorization: Bearer <token>`.

@@ -291,6 +291,7 @@ impl GrpcServer {
             stop,
             task,
             tasks,
+            on_shutdown: Vec::new(),
             grace: self.options.shutdown_grace,
         })
     }
@@ -333,6 +334,8 @@ pub struct RunningServer {
     /// Background work the server owns (readiness, the service's own tasks):
     /// aborted when the server stops.
     tasks: JoinSet<()>,
+    /// Run when shutdown starts, before the drain (ending long streams).
+    on_shutdown: Vec<Box<dyn FnOnce() + Send>>,
     grace: Duration,
 }
 
@@ -353,12 +356,23 @@ impl RunningServer {
         self.tasks.spawn(task);
     }
 
+    /// Runs `hook` when shutdown starts, before in-flight calls are drained:
+    /// streams that would otherwise outlive the grace period end there,
+    /// with a status their clients retry.
+    pub fn on_shutdown(&mut self, hook: impl FnOnce() + Send + 'static) {
+        self.on_shutdown.push(Box::new(hook));
+    }
+
     /// Graceful stop: health flips to NOT_SERVING first, then the listener
-    /// closes and in-flight calls get up to the grace period to finish.
+    /// closes, the shutdown hooks run and in-flight calls get up to the
+    /// grace period to finish.
     pub async fn shutdown(self) -> Result<(), ServeError> {
         set_status(&self.health, &self.service_names, ServingStatus::NotServing).await;
         // The server may already have stopped; then there is nobody to tell.
         let _ = self.stop.send(());
+        for hook in self.on_shutdown {
+            hook();
+        }
         let mut tasks = self.tasks;
         tasks.abort_all();
         let mut task = self.task;

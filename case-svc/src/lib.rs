@@ -1,15 +1,27 @@
-//! case-svc: Casebook's `CaseService` — the caller's cases, with soft delete.
+//! case-svc: Casebook's `CaseService` — the caller's cases, with soft
+//! delete, their history, and live updates.
 //!
 //! Requests are authenticated by the shared auth layer; every handler takes
 //! the owner from the verified `Principal` and every query is scoped to it.
-//! case-svc owns the `cases` table and its migrations, and nothing else.
+//! case-svc owns the `cases` and `case_events` tables and their migrations,
+//! and nothing else.
+//!
+//! - [`request`]: requests parsed into domain values; [`error`]: every failure;
+//! - [`store`]: the cases table; [`events`]: the event log written with it;
+//! - [`feeds`]: live delivery of new events; [`watch`]: one watch stream;
+//! - `service`: the handlers, parse → store → convert.
 
 mod convert;
+pub mod error;
+pub mod events;
+pub mod feeds;
 pub mod list_query;
 mod purge;
+pub mod request;
 pub mod resource;
 mod service;
 pub mod store;
+pub mod watch;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -23,6 +35,7 @@ use casebook::{
 };
 use clap::Parser;
 
+use feeds::{FeedSettings, Feeds};
 pub use service::CaseApi;
 
 /// case-svc's settings.
@@ -43,6 +56,19 @@ pub struct Config {
     /// How often expired deleted cases are purged.
     #[arg(long, env = "CASE_PURGE_INTERVAL", value_parser = duration, default_value = "1h")]
     pub case_purge_interval: Duration,
+    /// How often an idle WatchCases stream gets a heartbeat (keeps proxies from closing it).
+    #[arg(long, env = "WATCH_HEARTBEAT", value_parser = duration, default_value = "15s")]
+    pub watch_heartbeat: Duration,
+    /// How often each watched user's events are read without a wake-up: the
+    /// longest a lost notification can delay an event.
+    #[arg(long, env = "WATCH_POLL_INTERVAL", value_parser = duration, default_value = "10s")]
+    pub watch_poll_interval: Duration,
+    /// Events a watch stream may fall behind before it is cut off with RESOURCE_EXHAUSTED (it resumes).
+    #[arg(long, env = "WATCH_BUFFER", default_value_t = 256)]
+    pub watch_buffer: usize,
+    /// Open WatchCases streams per user (per process).
+    #[arg(long, env = "MAX_WATCHES_PER_USER", default_value_t = 32)]
+    pub max_watches_per_user: usize,
     /// Auth, database, listener and logging settings.
     #[command(flatten)]
     pub service: ServiceArgs,
@@ -55,6 +81,15 @@ pub struct Config {
 pub const SERVER_NAME: &str = "case-svc";
 
 impl Config {
+    /// The live-delivery settings.
+    pub fn feed_settings(&self) -> FeedSettings {
+        FeedSettings {
+            buffer: self.watch_buffer,
+            poll_interval: self.watch_poll_interval,
+            max_watches_per_user: self.max_watches_per_user,
+        }
+    }
+
     /// Where to listen: `CASE_SVC_ADDR`, else `0.0.0.0:$PORT`, else `127.0.0.1:50052`.
     pub fn listen(&self) -> SocketAddr {
         let default = SocketAddr::from(([127, 0, 0, 1], 50052));
@@ -62,18 +97,22 @@ impl Config {
     }
 }
 
-/// Starts case-svc, recording in `metrics`: migrates, starts the JWKS cache
-/// and the purge, serves. Refuses to start (one line saying so) if Better
-/// Auth's tables are missing.
+/// Starts case-svc, recording in `metrics`: migrates, starts the JWKS cache,
+/// the purge and the event listener, serves. Refuses to start (one line
+/// saying so) if Better Auth's tables are missing. At shutdown, watch
+/// streams end first, with a status that tells clients to resume.
 pub async fn build(config: Config, metrics: &Metrics) -> Result<RunningServer, StartError> {
     let metrics = metrics.for_server(SERVER_NAME);
     let verifier = config.service.auth.verifier()?;
     verifier.report_to(&metrics);
     let db = Database::connect(&config.service.database, &metrics).await?;
-    let store = store::CaseStore::open(db).await.map_err(|e| match e {
-        store::OpenError::Schema(schema) => StartError::Schema(schema),
-        other => StartError::Storage(Box::new(other)),
-    })?;
+    let feeds = Feeds::new(db.clone(), config.feed_settings(), &metrics);
+    let store = store::CaseStore::open(db.clone(), Arc::clone(&feeds))
+        .await
+        .map_err(|e| match e {
+            store::OpenError::Schema(schema) => StartError::Schema(schema),
+            other => StartError::Storage(Box::new(other)),
+        })?;
     let secret = store
         .page_token_secret()
         .await
@@ -85,8 +124,10 @@ pub async fn build(config: Config, metrics: &Metrics) -> Result<RunningServer, S
     let keys = verifier.keys().clone();
     let api = CaseApi::new(
         store,
+        Arc::clone(&feeds),
         list_query::PageTokens::new(&secret),
         config.case_retention,
+        config.watch_heartbeat,
     );
     let service = CaseServiceServer::new(api)
         .max_decoding_message_size(config.service.server.grpc_max_message_bytes);
@@ -99,5 +140,7 @@ pub async fn build(config: Config, metrics: &Metrics) -> Result<RunningServer, S
     .serve(listener, async move { keys.wait_until_loaded().await })
     .await?;
     server.own(purge);
+    server.own(feeds::listen(Arc::clone(&feeds), db));
+    server.on_shutdown(move || feeds.close());
     Ok(server)
 }

@@ -8,7 +8,7 @@
 use aws_lc_rs::hmac;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use casebook::pb::casebook::cases::v1::case::{Status, Type};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// A parsed `filter`: conditions joined with `AND`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -56,6 +56,16 @@ impl Filter {
             }
         }
         Ok(filter)
+    }
+
+    /// Parses the request field `field`.
+    pub fn parse_field(text: &str, field: &str) -> Result<Self, tonic_types::FieldViolation> {
+        Self::parse(text).map_err(|e| tonic_types::FieldViolation::new(field, e))
+    }
+
+    /// Whether a case with `status` and `kind` passes.
+    pub fn matches(&self, status: Status, kind: Type) -> bool {
+        self.status.is_none_or(|s| s == status) && self.kind.is_none_or(|k| k == kind)
     }
 
     /// The canonical text of this filter (parses back to the same filter).
@@ -147,14 +157,14 @@ pub struct Cursor {
 }
 
 #[derive(Serialize, Deserialize)]
-struct TokenBody {
+struct TokenBody<P> {
     /// The query the token belongs to.
     q: String,
-    #[serde(flatten)]
-    cursor: Cursor,
+    /// The position in it.
+    p: P,
 }
 
-/// Signs and checks page tokens with a key every replica shares.
+/// Signs and checks page and resume tokens with a key every replica shares.
 pub struct PageTokens {
     key: hmac::Key,
 }
@@ -180,11 +190,11 @@ impl PageTokens {
         }
     }
 
-    /// A token continuing `query` (its canonical text) after `cursor`, for `owner`.
-    pub fn issue(&self, owner: &str, query: &str, cursor: Cursor) -> String {
+    /// A token continuing `query` (its canonical text) after `position`, for `owner`.
+    pub fn issue<P: Serialize>(&self, owner: &str, query: &str, position: P) -> String {
         let body = serde_json::to_vec(&TokenBody {
             q: query.to_owned(),
-            cursor,
+            p: position,
         })
         .unwrap_or_default();
         let tag = hmac::sign(&self.key, &signed_bytes(owner, &body));
@@ -195,8 +205,13 @@ impl PageTokens {
         )
     }
 
-    /// The cursor in `token`, if `owner` was issued it for `query`.
-    pub fn open(&self, owner: &str, query: &str, token: &str) -> Result<Cursor, PageTokenError> {
+    /// The position in `token`, if `owner` was issued it for `query`.
+    pub fn open<P: DeserializeOwned>(
+        &self,
+        owner: &str,
+        query: &str,
+        token: &str,
+    ) -> Result<P, PageTokenError> {
         let (body, tag) = token.split_once('.').ok_or(PageTokenError::Invalid)?;
         let body = URL_SAFE_NO_PAD
             .decode(body)
@@ -206,11 +221,12 @@ impl PageTokens {
             .map_err(|_| PageTokenError::Invalid)?;
         hmac::verify(&self.key, &signed_bytes(owner, &body), &tag)
             .map_err(|_| PageTokenError::Invalid)?;
-        let body: TokenBody = serde_json::from_slice(&body).map_err(|_| PageTokenError::Invalid)?;
+        let body: TokenBody<P> =
+            serde_json::from_slice(&body).map_err(|_| PageTokenError::Invalid)?;
         if body.q != query {
             return Err(PageTokenError::QueryChanged);
         }
-        Ok(body.cursor)
+        Ok(body.p)
     }
 }
 
@@ -269,15 +285,15 @@ mod tests {
         let token = tokens.issue("alice", "q1", cursor.clone());
         assert_eq!(tokens.open("alice", "q1", &token), Ok(cursor));
         assert_eq!(
-            tokens.open("bob", "q1", &token),
+            tokens.open::<Cursor>("bob", "q1", &token),
             Err(PageTokenError::Invalid)
         );
         assert_eq!(
-            tokens.open("alice", "q2", &token),
+            tokens.open::<Cursor>("alice", "q2", &token),
             Err(PageTokenError::QueryChanged)
         );
         assert_eq!(
-            PageTokens::new(b"other").open("alice", "q1", &token),
+            PageTokens::new(b"other").open::<Cursor>("alice", "q1", &token),
             Err(PageTokenError::Invalid)
         );
     }
@@ -308,7 +324,7 @@ mod tests {
         #[test]
         fn page_token_parser_never_panics_nor_accepts_junk(token in ".{0,300}") {
             let tokens = PageTokens::new(b"secret");
-            prop_assert!(tokens.open("alice", "q", &token).is_err());
+            prop_assert!(tokens.open::<Cursor>("alice", "q", &token).is_err());
         }
 
         #[test]
@@ -328,7 +344,7 @@ mod tests {
             prop_assume!(bytes[index] != byte);
             bytes[index] = byte;
             if let Ok(altered) = String::from_utf8(bytes) {
-                prop_assert!(tokens.open("alice", "q", &altered).is_err());
+                prop_assert!(tokens.open::<Cursor>("alice", "q", &altered).is_err());
             }
         }
     }

@@ -1,4 +1,5 @@
-//! The purge: soft-deleted cases past their `purge_time` are removed for good.
+//! The purge: soft-deleted cases past their `purge_time` are removed for
+//! good, with their history (one `PURGED` event says they went).
 //!
 //! It runs inside every replica; the DELETE is idempotent, so replicas racing
 //! each other only delete each row once.

@@ -4,7 +4,6 @@
 //! the store and handlers only ever see values that are already valid. Every
 //! problem becomes a `BadRequest` field violation naming the field.
 
-use casebook::pb::casebook::cases::v1::case::{Status, Type};
 use tonic_types::FieldViolation;
 use uuid::Uuid;
 
@@ -119,30 +118,6 @@ impl Description {
     }
 }
 
-/// A status that may be stored (never `STATUS_UNSPECIFIED`).
-pub fn parse_status(value: i32, field: &str) -> Result<Status, FieldViolation> {
-    match Status::try_from(value) {
-        Ok(Status::Unspecified) => Err(FieldViolation::new(field, "must be set")),
-        Ok(status) => Ok(status),
-        Err(_) => Err(FieldViolation::new(
-            field,
-            format!("unknown status value {value}"),
-        )),
-    }
-}
-
-/// A type that may be stored (never `TYPE_UNSPECIFIED`).
-pub fn parse_type(value: i32, field: &str) -> Result<Type, FieldViolation> {
-    match Type::try_from(value) {
-        Ok(Type::Unspecified) => Err(FieldViolation::new(field, "required: the kind of case")),
-        Ok(kind) => Ok(kind),
-        Err(_) => Err(FieldViolation::new(
-            field,
-            format!("unknown type value {value}"),
-        )),
-    }
-}
-
 /// An etag: the case's version, opaque to clients (`v{version}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Etag(pub i64);
@@ -180,13 +155,14 @@ impl Violations {
         self.0.push(FieldViolation::new(field, description));
     }
 
-    /// `INVALID_ARGUMENT` naming every violation, if there were any.
-    pub fn finish(self) -> Result<(), tonic::Status> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(casebook::rpc_error::invalid_argument(self.0))
-        }
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The error naming every violation.
+    pub fn into_error(self) -> crate::error::CaseError {
+        crate::error::CaseError::Invalid(self.0)
     }
 }
 

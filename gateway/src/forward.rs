@@ -2,14 +2,17 @@
 //!
 //! By the time a call gets here the grpc-web layer has turned it into plain
 //! gRPC, so forwarding is the same for browsers and native clients: cap the
-//! deadline, buffer the (unary) request so it can be retried, send it to a
-//! replica, and stream the response back. Buffering is bounded as
+//! deadline, buffer the (single) request message so it can be retried, send
+//! it to a replica, and stream the response back. A server stream's deadline
+//! is its own, longer ceiling, enforced here on the response body: the
+//! unary ceiling would cut every watch after 30 seconds. Buffering is bounded as
 //! `casebook::body` bounds it: one message per call, `MAX_BUFFERED_BYTES`
 //! across calls, `BODY_TIMEOUT` per body. Metadata such as
 //! `authorization` and `grpc-timeout` travels with the request untouched;
 //! trailers (including `grpc-status-details-bin`) travel with the response.
 
 use std::{
+    collections::HashSet,
     convert::Infallible,
     future::Future,
     marker::PhantomData,
@@ -49,8 +52,10 @@ impl Route for CaseRoute {
 /// Limits applied to every forwarded call.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Ceiling on a call's deadline; calls without one get it.
+    /// Ceiling on a unary call's deadline; calls without one get it.
     pub max_call_timeout: Duration,
+    /// Ceiling on a server stream's lifetime; streams without a deadline get it.
+    pub max_stream_duration: Duration,
     /// How a request body is buffered (size, time, the shared budget).
     pub body: casebook::body::BodyLimits,
 }
@@ -59,6 +64,8 @@ pub struct Limits {
 pub struct Forward<R> {
     upstream: Arc<Upstream>,
     limits: Limits,
+    /// The gRPC paths of `R`'s server-streaming methods.
+    streams: Arc<HashSet<String>>,
     route: PhantomData<fn() -> R>,
 }
 
@@ -67,6 +74,7 @@ impl<R> Clone for Forward<R> {
         Self {
             upstream: Arc::clone(&self.upstream),
             limits: self.limits.clone(),
+            streams: Arc::clone(&self.streams),
             route: PhantomData,
         }
     }
@@ -75,9 +83,21 @@ impl<R> Clone for Forward<R> {
 impl<R: Route> Forward<R> {
     /// Forwards to `upstream` under `limits`.
     pub fn new(upstream: Arc<Upstream>, limits: Limits) -> Self {
+        let streams = casebook::pb::descriptor_pool()
+            .ok()
+            .and_then(|pool| pool.get_service_by_name(R::NAME))
+            .map(|service| {
+                service
+                    .methods()
+                    .filter(|method| method.is_server_streaming())
+                    .map(|method| format!("/{}/{}", R::NAME, method.name()))
+                    .collect()
+            })
+            .unwrap_or_default();
         Self {
             upstream,
             limits,
+            streams: Arc::new(streams),
             route: PhantomData,
         }
     }
@@ -101,8 +121,9 @@ impl<R: Route> tower::Service<http::Request<tonic::body::Body>> for Forward<R> {
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let upstream = Arc::clone(&self.upstream);
         let limits = self.limits.clone();
+        let stream = self.streams.contains(request.uri().path());
         Box::pin(async move {
-            Ok(forward(&upstream, limits, request)
+            Ok(forward(&upstream, limits, stream, request)
                 .await
                 .unwrap_or_else(|status| status.into_http()))
         })
@@ -112,16 +133,20 @@ impl<R: Route> tower::Service<http::Request<tonic::body::Body>> for Forward<R> {
 async fn forward(
     upstream: &Upstream,
     limits: Limits,
+    stream: bool,
     request: http::Request<tonic::body::Body>,
 ) -> Result<http::Response<tonic::body::Body>, tonic::Status> {
     let (mut parts, body) = request.into_parts();
+    let ceiling = match stream {
+        true => limits.max_stream_duration,
+        false => limits.max_call_timeout,
+    };
     let deadline = parts
         .headers
         .get(GRPC_TIMEOUT)
         .and_then(parse_grpc_timeout)
-        .map_or(limits.max_call_timeout, |asked| {
-            asked.min(limits.max_call_timeout)
-        });
+        .map_or(ceiling, |asked| asked.min(ceiling));
+    let ends_at = tokio::time::Instant::now() + deadline;
     parts.headers.insert(GRPC_TIMEOUT, grpc_timeout(deadline));
 
     // Held until the upstream call is done: the bytes live until then.
@@ -161,9 +186,56 @@ async fn forward(
             "no replica is reachable; try again shortly",
         ))
     };
-    tokio::time::timeout(deadline, attempt)
+    let response = tokio::time::timeout(deadline, attempt)
         .await
-        .map_err(|_| deadline_exceeded(upstream, deadline))?
+        .map_err(|_| deadline_exceeded(upstream, deadline))??;
+    Ok(match stream {
+        true => response.map(|body| {
+            tonic::body::Body::new(Lifetime {
+                body,
+                ends: Box::pin(tokio::time::sleep_until(ends_at)),
+                expired: deadline_exceeded(upstream, deadline),
+                over: false,
+            })
+        }),
+        false => response,
+    })
+}
+
+/// A streamed response body that ends with `DEADLINE_EXCEEDED` once the
+/// stream's deadline passes (dropping the upstream stream, which cancels it).
+struct Lifetime {
+    body: tonic::body::Body,
+    ends: Pin<Box<tokio::time::Sleep>>,
+    expired: tonic::Status,
+    over: bool,
+}
+
+impl http_body::Body for Lifetime {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        if self.over {
+            return Poll::Ready(None);
+        }
+        if self.ends.as_mut().poll(cx).is_ready() {
+            self.over = true;
+            self.body = tonic::body::Body::empty();
+            let mut trailers = http::HeaderMap::new();
+            // Only a status whose message cannot be a header fails; ours can.
+            let _ = self.expired.add_header(&mut trailers);
+            return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+        }
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.over || self.body.is_end_stream()
+    }
 }
 
 fn deadline_exceeded(upstream: &Upstream, deadline: Duration) -> tonic::Status {

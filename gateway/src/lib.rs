@@ -52,9 +52,13 @@ pub struct Config {
     /// PEM bundle of the CAs trusted for https:// upstreams [default: the system's roots].
     #[arg(long, env = "UPSTREAM_TLS_CA_FILE")]
     pub upstream_tls_ca_file: Option<std::path::PathBuf>,
-    /// Ceiling on any call's deadline (calls without one get this).
+    /// Ceiling on any unary call's deadline (calls without one get this).
     #[arg(long, env = "GATEWAY_MAX_CALL_TIMEOUT", value_parser = duration, default_value = "30s")]
     pub max_call_timeout: Duration,
+    /// Longest a server stream (WatchCases) lives through the gateway; it then
+    /// ends with DEADLINE_EXCEEDED and the client resumes, possibly on another replica.
+    #[arg(long, env = "GATEWAY_MAX_STREAM_DURATION", value_parser = duration, default_value = "1h")]
+    pub max_stream_duration: Duration,
     /// Listener behaviour (CORS origins, shutdown grace, ...).
     #[command(flatten)]
     pub server: ServerArgs,
@@ -125,6 +129,7 @@ pub async fn build(config: Config, metrics: &Metrics) -> Result<Gateway, StartEr
     let buffered = server.buffer_budget().clone();
     let limits = Limits {
         max_call_timeout: config.max_call_timeout,
+        max_stream_duration: config.max_stream_duration,
         // One message, as the services accept it, within the server's budget.
         body: config.server.body_limits(&buffered),
     };

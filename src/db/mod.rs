@@ -7,6 +7,7 @@
 //! which counts the calls waiting for one: sqlx's pool does not expose that,
 //! and it is the first sign that `DATABASE_MAX_CONNECTIONS` is too small.
 
+pub mod sql;
 pub mod users;
 
 use std::{
@@ -20,7 +21,7 @@ use std::{
 };
 
 use sqlx::{
-    PgPool, Postgres, Sqlite, SqlitePool,
+    PgPool, Postgres, SqlSafeStr, Sqlite, SqlitePool,
     pool::PoolConnection,
     postgres::PgPoolOptions,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions},
@@ -64,6 +65,43 @@ pub enum Connection {
     Postgres(PoolConnection<Postgres>),
     /// SQLite.
     Sqlite(PoolConnection<Sqlite>),
+}
+
+impl Connection {
+    /// The connection, for [`sql!`](crate::sql).
+    pub fn executor(&mut self) -> sql::Executor<'_> {
+        match self {
+            Self::Postgres(connection) => sql::Executor::Postgres(connection),
+            Self::Sqlite(connection) => sql::Executor::Sqlite(connection),
+        }
+    }
+}
+
+/// A transaction on a connection taken from a [`Database`]; rolled back if
+/// dropped before [`Transaction::commit`].
+pub enum Transaction {
+    /// PostgreSQL.
+    Postgres(sqlx::Transaction<'static, Postgres>),
+    /// SQLite.
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+}
+
+impl Transaction {
+    /// The transaction's connection, for [`sql!`](crate::sql).
+    pub fn executor(&mut self) -> sql::Executor<'_> {
+        match self {
+            Self::Postgres(transaction) => sql::Executor::Postgres(transaction),
+            Self::Sqlite(transaction) => sql::Executor::Sqlite(transaction),
+        }
+    }
+
+    /// Commits.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Postgres(transaction) => transaction.commit().await,
+            Self::Sqlite(transaction) => transaction.commit().await,
+        }
+    }
 }
 
 /// What a pool holds at one moment.
@@ -247,6 +285,22 @@ impl Database {
             connection = acquire => connection,
             refused = self.refused() => Err(refused),
         }
+    }
+
+    /// Begins a transaction on a connection taken by [`Database::acquire`].
+    /// On SQLite it is `BEGIN IMMEDIATE`: the write lock is taken at the
+    /// start, so a transaction that reads before it writes waits its turn
+    /// (up to the busy timeout) instead of failing to upgrade its lock.
+    pub async fn begin(&self) -> Result<Transaction, sqlx::Error> {
+        Ok(match self.acquire().await? {
+            Connection::Postgres(connection) => {
+                Transaction::Postgres(sqlx::Transaction::begin(connection, None).await?)
+            }
+            Connection::Sqlite(connection) => Transaction::Sqlite(
+                sqlx::Transaction::begin(connection, Some("BEGIN IMMEDIATE".into_sql_str()))
+                    .await?,
+            ),
+        })
     }
 
     /// Resolves (with the error to report) once the server refuses a

@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Connection, Database};
+use super::{Database, sql::Sql};
 use crate::auth::UserId;
 
 /// Better Auth's user table, quoted because `user` is reserved in PostgreSQL.
@@ -33,7 +33,9 @@ pub struct UserRecord {
     pub updated_at: DateTime<Utc>,
 }
 
-const FIND_USER: &str = r#"SELECT "id", "name", "email", "emailVerified", "image", "createdAt", "updatedAt" FROM "user" WHERE "id" = $1"#;
+static FIND_USER: Sql = Sql::new(
+    r#"SELECT "id", "name", "email", "emailVerified", "image", "createdAt", "updatedAt" FROM "user" WHERE "id" = $1"#,
+);
 
 /// Why Better Auth's tables cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -70,19 +72,13 @@ impl UserDirectory {
 
     /// The user with `id`, if Better Auth still has one.
     pub async fn find(&self, id: &UserId) -> Result<Option<UserRecord>, sqlx::Error> {
-        match self.db.acquire().await? {
-            Connection::Postgres(mut connection) => {
-                sqlx::query_as(FIND_USER)
-                    .bind(id.as_str())
-                    .fetch_optional(&mut *connection)
-                    .await
-            }
-            Connection::Sqlite(mut connection) => {
-                sqlx::query_as(FIND_USER)
-                    .bind(id.as_str())
-                    .fetch_optional(&mut *connection)
-                    .await
-            }
-        }
+        let mut connection = self.db.acquire().await?;
+        crate::sql!(
+            connection.executor(),
+            FIND_USER,
+            [id.as_str()],
+            query_as,
+            fetch_optional
+        )
     }
 }

@@ -128,22 +128,32 @@ pub fn rest(
     token_sent: bool,
     pool: &DescriptorPool,
 ) -> http::Response<bytes::Bytes> {
-    let body = json!({
+    respond(status, http, token_sent, &rest_json(status, http, pool))
+}
+
+/// Google's JSON error shape for `status`, answered with `http`.
+pub fn rest_json(status: &Status, http: StatusCode, pool: &DescriptorPool) -> Value {
+    json!({
         "error": {
             "code": http.as_u16(),
             "message": status.message(),
             "status": code_name(status.code()),
             "details": json_details(status, pool),
         }
-    });
-    respond(status, http, token_sent, &body)
+    })
 }
 
 /// A Connect error: `{"code", "message", "details": [{"type", "value"}]}`
 /// with Connect's HTTP status for the code.
 pub fn connect(status: &Status, token_sent: bool) -> http::Response<bytes::Bytes> {
+    let (_, http) = connect_code(status.code());
+    respond(status, http, token_sent, &connect_json(status))
+}
+
+/// Connect's JSON error object for `status`.
+pub fn connect_json(status: &Status) -> Value {
     use base64::Engine as _;
-    let (code, http) = connect_code(status.code());
+    let (code, _) = connect_code(status.code());
     let details: Vec<Value> = tonic_types::pb::Status::decode(status.details())
         .map(|decoded| decoded.details)
         .unwrap_or_default()
@@ -159,7 +169,7 @@ pub fn connect(status: &Status, token_sent: bool) -> http::Response<bytes::Bytes
     if !details.is_empty() {
         body["details"] = Value::Array(details);
     }
-    respond(status, http, token_sent, &body)
+    body
 }
 
 /// `body` as a JSON error answer with the headers of [`error_headers`].

@@ -1,14 +1,15 @@
-//! A unary gRPC call made in-process through the rest of the server's stack,
-//! so a transcoded call gets the same request id, metrics, log line,
-//! admission and authentication as a native one.
+//! A gRPC call made in-process through the rest of the server's stack, so a
+//! transcoded call gets the same request id, metrics, log line, admission
+//! and authentication as a native one. Unary calls are read whole; server
+//! streams message by message, as they arrive.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use tonic::{Code, Status};
 use tower::ServiceExt;
 
-/// The largest response a transcoded call reads (a page of cases is far less).
+/// The largest response message a transcoded call reads (a page of cases is far less).
 const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Request headers that describe the HTTP exchange, not the call: they are
@@ -34,14 +35,45 @@ pub struct Reply {
     pub result: Result<Bytes, Status>,
 }
 
-/// Calls `path` on `inner` with the encoded `message`; `headers` become the
-/// call's metadata (minus those describing the HTTP exchange).
+/// Calls the unary method `path` on `inner` with the encoded `message`;
+/// `headers` become the call's metadata (minus those describing the HTTP
+/// exchange).
 pub async fn call<S: super::GrpcStack>(
     inner: S,
     path: &str,
     headers: &HeaderMap,
     message: Bytes,
 ) -> Reply {
+    let (headers, mut frames) = match open(inner, path, headers, message).await {
+        Ok(opened) => opened,
+        Err((headers, status)) => {
+            return Reply {
+                headers,
+                result: Err(status),
+            };
+        }
+    };
+    let result = match frames.next().await {
+        Next::Message(message) => match frames.next().await {
+            Next::End(Ok(())) => Ok(message),
+            Next::End(Err(status)) => Err(status),
+            Next::Message(_) => Err(Status::internal("a unary call answered twice")),
+        },
+        Next::End(Ok(())) => Err(Status::internal("the response carries no message")),
+        Next::End(Err(status)) => Err(status),
+    };
+    Reply { headers, result }
+}
+
+/// Starts a call of `path` (unary or server streaming) on `inner`: the
+/// response headers and its messages, or the headers and the status of a
+/// call that failed before answering anything.
+pub async fn open<S: super::GrpcStack>(
+    inner: S,
+    path: &str,
+    headers: &HeaderMap,
+    message: Bytes,
+) -> Result<(HeaderMap, Frames), (HeaderMap, Status)> {
     let mut frame = BytesMut::with_capacity(message.len() + 5);
     frame.put_u8(0);
     frame.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
@@ -65,56 +97,135 @@ pub async fn call<S: super::GrpcStack>(
     let (parts, body) = response.into_parts();
     // A trailers-only answer carries its status in the headers.
     if let Some(status) = Status::from_header_map(&parts.headers).filter(|s| s.code() != Code::Ok) {
-        return Reply {
-            headers: parts.headers,
-            result: Err(status),
-        };
+        return Err((parts.headers, status));
     }
-    let collected = match Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
-        Ok(collected) => collected,
-        Err(error) => {
-            return Reply {
-                headers: parts.headers,
-                result: Err(Status::internal(format!("reading the response: {error}"))),
-            };
-        }
-    };
-    let status = collected
-        .trailers()
-        .and_then(Status::from_header_map)
-        .unwrap_or_else(|| Status::new(Code::Ok, ""));
-    let result = if status.code() == Code::Ok {
-        first_message(collected.to_bytes())
-            .ok_or_else(|| Status::internal("the response carries no message"))
-    } else {
-        Err(status)
-    };
-    Reply {
-        headers: parts.headers,
-        result,
-    }
+    Ok((
+        parts.headers,
+        Frames {
+            body,
+            buffer: BytesMut::new(),
+        },
+    ))
 }
 
-/// The payload of the first length-prefixed, uncompressed message.
-fn first_message(mut frames: Bytes) -> Option<Bytes> {
-    if frames.len() < 5 || frames[0] != 0 {
-        return None;
+/// The messages of a response body, as they arrive.
+pub struct Frames {
+    body: tonic::body::Body,
+    buffer: BytesMut,
+}
+
+/// What a response body holds next.
+pub enum Next {
+    /// One message's encoding.
+    Message(Bytes),
+    /// The call is over: OK, or its status.
+    End(Result<(), Status>),
+}
+
+impl Frames {
+    /// The next message, or the end of the call.
+    pub async fn next(&mut self) -> Next {
+        loop {
+            if let Some(message) = self.split_message() {
+                return message;
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        if self.buffer.len() + data.len() > MAX_RESPONSE_BYTES + 5 {
+                            return Next::End(Err(Status::resource_exhausted(
+                                "a response message is larger than this server relays",
+                            )));
+                        }
+                        self.buffer.extend_from_slice(&data);
+                    }
+                    Err(frame) => {
+                        let status = frame
+                            .trailers_ref()
+                            .and_then(Status::from_header_map)
+                            .unwrap_or_else(|| Status::new(Code::Ok, ""));
+                        return Next::End(match status.code() {
+                            Code::Ok => Ok(()),
+                            _ => Err(status),
+                        });
+                    }
+                },
+                Some(Err(error)) => {
+                    return Next::End(Err(Status::unavailable(format!(
+                        "reading the response: {error}"
+                    ))));
+                }
+                None => {
+                    return Next::End(Err(Status::internal("the response ended without a status")));
+                }
+            }
+        }
     }
-    let length = u32::from_be_bytes([frames[1], frames[2], frames[3], frames[4]]) as usize;
-    let _ = frames.split_to(5);
-    (frames.len() >= length).then(|| frames.split_to(length))
+
+    /// The first whole message in the buffer, if there is one.
+    fn split_message(&mut self) -> Option<Next> {
+        if self.buffer.len() < 5 {
+            return None;
+        }
+        if self.buffer[0] != 0 {
+            return Some(Next::End(Err(Status::internal(
+                "the response is compressed, which this server does not relay",
+            ))));
+        }
+        let length = u32::from_be_bytes([
+            self.buffer[1],
+            self.buffer[2],
+            self.buffer[3],
+            self.buffer[4],
+        ]) as usize;
+        if self.buffer.len() < 5 + length {
+            return None;
+        }
+        let _ = self.buffer.split_to(5);
+        Some(Next::Message(self.buffer.split_to(length).freeze()))
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+
     use super::*;
 
-    #[test]
-    fn the_first_frame_is_read_and_short_or_compressed_ones_are_not() {
-        let frame = Bytes::from_static(&[0, 0, 0, 0, 2, 8, 1, 0, 0]);
-        assert_eq!(first_message(frame).unwrap().as_ref(), &[8, 1]);
-        assert!(first_message(Bytes::from_static(&[0, 0, 0, 0, 9, 1])).is_none());
-        assert!(first_message(Bytes::from_static(&[1, 0, 0, 0, 0])).is_none());
-        assert!(first_message(Bytes::new()).is_none());
+    fn frames(chunks: Vec<Frame<Bytes>>) -> Frames {
+        let stream = tokio_stream::iter(chunks.into_iter().map(Ok::<_, Status>));
+        Frames {
+            body: tonic::body::Body::new(StreamBody::new(stream)),
+            buffer: BytesMut::new(),
+        }
+    }
+
+    fn trailers(code: Code) -> Frame<Bytes> {
+        let mut map = HeaderMap::new();
+        map.insert("grpc-status", HeaderValue::from(code as i32));
+        Frame::trailers(map)
+    }
+
+    #[tokio::test]
+    async fn messages_split_across_chunks_arrive_whole_and_in_order() {
+        let mut frames = frames(vec![
+            Frame::data(Bytes::from_static(&[0, 0, 0, 0, 2, 8])),
+            Frame::data(Bytes::from_static(&[1, 0, 0, 0, 0, 1, 9])),
+            trailers(Code::Ok),
+        ]);
+        assert!(matches!(frames.next().await, Next::Message(m) if m.as_ref() == [8, 1]));
+        assert!(matches!(frames.next().await, Next::Message(m) if m.as_ref() == [9]));
+        assert!(matches!(frames.next().await, Next::End(Ok(()))));
+    }
+
+    #[tokio::test]
+    async fn a_failing_status_a_missing_status_and_compression_end_the_call() {
+        let mut failed = frames(vec![trailers(Code::NotFound)]);
+        assert!(matches!(failed.next().await, Next::End(Err(s)) if s.code() == Code::NotFound));
+        let mut cut = frames(vec![Frame::data(Bytes::from_static(&[0, 0, 0, 0, 9, 1]))]);
+        assert!(matches!(cut.next().await, Next::End(Err(s)) if s.code() == Code::Internal));
+        let mut compressed = frames(vec![Frame::data(Bytes::from_static(&[1, 0, 0, 0, 0]))]);
+        assert!(matches!(compressed.next().await, Next::End(Err(s)) if s.code() == Code::Internal));
     }
 }

@@ -1,5 +1,6 @@
 //! HTTP/JSON for every method, generated from the contracts: REST routes from
-//! their `google.api.http` annotations, the Connect protocol (unary, JSON or
+//! their `google.api.http` annotations (server streams as Server-Sent
+//! Events), the Connect protocol (unary and server streaming, JSON or
 //! binary), and the OpenAPI document at `/openapi.json`.
 //!
 //! [`TranscodeLayer`] sits just inside CORS, in front of grpc-web. gRPC and
@@ -15,6 +16,7 @@ pub mod grpc;
 pub mod openapi;
 pub mod request;
 pub mod routes;
+pub mod stream;
 
 use std::{collections::HashMap, convert::Infallible, future::Future, pin::Pin, sync::Arc};
 
@@ -63,6 +65,7 @@ pub struct HttpApi {
     routes: Routes,
     pool: DescriptorPool,
     connect: HashMap<String, MethodDescriptor>,
+    connect_streams: HashMap<String, MethodDescriptor>,
     body: BodyLimits,
     openapi: Bytes,
 }
@@ -83,18 +86,21 @@ impl HttpApi {
     pub fn new(services: &[&str], body: BodyLimits) -> Result<Self, ApiError> {
         let pool = crate::pb::descriptor_pool()?;
         let routes = Routes::new(&pool, services)?;
-        let connect = pool
-            .services()
-            .filter(|service| services.contains(&service.full_name()))
-            .flat_map(|service| service.methods().collect::<Vec<_>>())
-            .filter(|method| !method.is_client_streaming() && !method.is_server_streaming())
-            .map(|method| (routes::grpc_path(&method), method))
-            .collect();
+        let methods = |server_streaming: bool| {
+            pool.services()
+                .filter(|service| services.contains(&service.full_name()))
+                .flat_map(|service| service.methods().collect::<Vec<_>>())
+                .filter(|method| !method.is_client_streaming())
+                .filter(|method| method.is_server_streaming() == server_streaming)
+                .map(|method| (routes::grpc_path(&method), method))
+                .collect()
+        };
         let openapi = Bytes::from(openapi_text(&pool, &routes));
         Ok(Self {
+            connect: methods(false),
+            connect_streams: methods(true),
             routes,
             pool,
-            connect,
             body,
             openapi,
         })
@@ -166,10 +172,7 @@ where
         let fresh = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, fresh);
         let api = Arc::clone(&self.api);
-        Box::pin(async move {
-            let response = api.answer(inner, request).await;
-            Ok(response.map(|bytes| tonic::body::Body::new(Full::new(bytes))))
-        })
+        Box::pin(async move { Ok(api.answer(inner, request).await) })
     }
 }
 
@@ -179,8 +182,17 @@ struct Exchange<'a> {
     token_sent: bool,
 }
 
+/// A whole answer as a response body.
+fn full(response: http::Response<Bytes>) -> http::Response<tonic::body::Body> {
+    response.map(|bytes| tonic::body::Body::new(Full::new(bytes)))
+}
+
 impl HttpApi {
-    async fn answer<S, B>(&self, inner: S, request: http::Request<B>) -> http::Response<Bytes>
+    async fn answer<S, B>(
+        &self,
+        inner: S,
+        request: http::Request<B>,
+    ) -> http::Response<tonic::body::Body>
     where
         S: GrpcStack,
         B: http_body::Body<Data = Bytes, Error: std::fmt::Display>,
@@ -192,18 +204,45 @@ impl HttpApi {
             token_sent: parts.headers.contains_key(header::AUTHORIZATION),
         };
         if parts.method == Method::GET && path == "/openapi.json" {
-            return json_response(StatusCode::OK, self.openapi.clone());
+            return full(json_response(StatusCode::OK, self.openapi.clone()));
         }
-        if parts.method == Method::POST
-            && let Some(method) = self.connect.get(path)
-            && let Some(binary) = connect_content_type(&parts.headers)
-        {
-            return self.connect(inner, method, binary, &exchange, body).await;
+        if parts.method == Method::POST {
+            if let Some(method) = self.connect.get(path)
+                && let Some(binary) = connect_content_type(&parts.headers)
+            {
+                return full(self.connect(inner, method, binary, &exchange, body).await);
+            }
+            if let Some(method) = self.connect_streams.get(path)
+                && let Some(encoding) = stream::connect_encoding(&parts.headers)
+            {
+                return self
+                    .connect_stream(inner, method, encoding, &exchange, body)
+                    .await;
+            }
         }
-        match self.routes.find(&parts.method, path) {
+        self.route(inner, &parts, &exchange, body).await
+    }
+
+    /// A REST request: its route's call, or why there is none.
+    async fn route<S, B>(
+        &self,
+        inner: S,
+        parts: &http::request::Parts,
+        exchange: &Exchange<'_>,
+        body: B,
+    ) -> http::Response<tonic::body::Body>
+    where
+        S: GrpcStack,
+        B: http_body::Body<Data = Bytes, Error: std::fmt::Display>,
+    {
+        let path = parts.uri.path();
+        let query = parts.uri.query();
+        full(match self.routes.find(&parts.method, path) {
+            Found::Route(route, bindings) if route.method.is_server_streaming() => {
+                return self.events(inner, route, bindings, query, exchange).await;
+            }
             Found::Route(route, bindings) => {
-                let query = parts.uri.query();
-                self.rest(inner, route, bindings, query, &exchange, body)
+                self.rest(inner, route, bindings, query, exchange, body)
                     .await
             }
             Found::OtherVerbs(verbs) => {
@@ -218,7 +257,7 @@ impl HttpApi {
                     format!("{} is not allowed on {path}; use {allow}", parts.method),
                 );
                 let mut response =
-                    self.rest_error(&status, StatusCode::METHOD_NOT_ALLOWED, &exchange);
+                    self.rest_error(&status, StatusCode::METHOD_NOT_ALLOWED, exchange);
                 if let Ok(allow) = HeaderValue::from_str(&allow) {
                     response.headers_mut().insert(header::ALLOW, allow);
                 }
@@ -230,9 +269,120 @@ impl HttpApi {
                     "NO_ROUTE",
                     format!("no route for {} {path} (see /openapi.json)", parts.method),
                 );
-                self.rest_error(&status, StatusCode::NOT_FOUND, &exchange)
+                self.rest_error(&status, StatusCode::NOT_FOUND, exchange)
+            }
+        })
+    }
+
+    /// A server stream on a REST route, as Server-Sent Events. The request
+    /// comes from the path and query (a stream's route has no body); a
+    /// reconnecting `EventSource`'s `Last-Event-ID` fills `resume_token`.
+    async fn events<S: GrpcStack>(
+        &self,
+        inner: S,
+        route: &Route,
+        bindings: Vec<(String, String)>,
+        query: Option<&str>,
+        exchange: &Exchange<'_>,
+    ) -> http::Response<tonic::body::Body> {
+        let headers = exchange.headers;
+        let parts = request::Parts {
+            bindings,
+            query,
+            body: None,
+            headers,
+        };
+        let mut message = match request::build(route, parts) {
+            Ok(message) => message,
+            Err(violations) => {
+                let status = rpc_error::invalid_argument(violations);
+                return full(self.rest_error(&status, StatusCode::BAD_REQUEST, exchange));
+            }
+        };
+        if let Some(id) = stream::last_event_id(headers)
+            && let Some(field) = route.method.input().get_field_by_name("resume_token")
+            && !message.has_field(&field)
+        {
+            message.set_field(&field, prost_reflect::Value::String(id.to_owned()));
+        }
+        let path = route.grpc_path();
+        match grpc::open(inner, &path, headers, message.encode_to_vec().into()).await {
+            Ok((call_headers, frames)) => stream::relay(
+                stream::Encoding::ServerSentEvents,
+                &call_headers,
+                frames,
+                route.method.output(),
+                self.pool.clone(),
+            ),
+            Err((call_headers, status)) => {
+                let http = error::http_status(status.code());
+                full(with_request_id(
+                    self.rest_error(&status, http, exchange),
+                    &call_headers,
+                ))
             }
         }
+    }
+
+    /// A Connect server stream: one enveloped request message in, enveloped
+    /// messages and the end-of-stream envelope out.
+    async fn connect_stream<S, B>(
+        &self,
+        inner: S,
+        method: &MethodDescriptor,
+        encoding: stream::Encoding,
+        exchange: &Exchange<'_>,
+        body: B,
+    ) -> http::Response<tonic::body::Body>
+    where
+        S: GrpcStack,
+        B: http_body::Body<Data = Bytes, Error: std::fmt::Display>,
+    {
+        let fail = |status: Status| stream::connect_failure(encoding, &status);
+        let (bytes, held) = match body::read(body, &self.body).await {
+            Ok(read) => read,
+            Err(error) => return fail(Status::from(error)),
+        };
+        let payload = match stream::unenvelope(&bytes) {
+            Ok(payload) => payload,
+            Err(status) => return fail(status),
+        };
+        let message = if encoding == stream::Encoding::ConnectProto {
+            Bytes::copy_from_slice(payload)
+        } else {
+            match self.message_from_json(method, payload) {
+                Ok(message) => message,
+                Err(status) => return fail(status),
+            }
+        };
+        let opened = grpc::open(inner, &routes::grpc_path(method), exchange.headers, message).await;
+        drop(held);
+        match opened {
+            Ok((call_headers, frames)) => stream::relay(
+                encoding,
+                &call_headers,
+                frames,
+                method.output(),
+                self.pool.clone(),
+            ),
+            Err((_, status)) => fail(status),
+        }
+    }
+
+    /// `json` as the encoded input message of `method`; unknown fields are refused.
+    fn message_from_json(&self, method: &MethodDescriptor, json: &[u8]) -> Result<Bytes, Status> {
+        let json = parse_json(json)?;
+        let options = prost_reflect::DeserializeOptions::new().deny_unknown_fields(true);
+        let json = json.unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+        DynamicMessage::deserialize_with_options(method.input(), json, &options)
+            .map(|message| message.encode_to_vec().into())
+            .map_err(|error| {
+                rpc_error::with_reason(
+                    Code::InvalidArgument,
+                    "MALFORMED_MESSAGE",
+                    format!("the body is not a {}: {error}", method.input().full_name()),
+                )
+            })
     }
 
     fn rest_error(
@@ -427,21 +577,8 @@ impl HttpApi {
         let message = if binary {
             bytes
         } else {
-            let parsed = parse_json(&bytes).and_then(|json| {
-                let options = prost_reflect::DeserializeOptions::new().deny_unknown_fields(true);
-                let json = json.unwrap_or_else(|| serde_json::Value::Object(Default::default()));
-                DynamicMessage::deserialize_with_options(method.input(), json, &options).map_err(
-                    |error| {
-                        rpc_error::with_reason(
-                            Code::InvalidArgument,
-                            "MALFORMED_MESSAGE",
-                            format!("the body is not a {}: {error}", method.input().full_name()),
-                        )
-                    },
-                )
-            });
-            match parsed {
-                Ok(message) => message.encode_to_vec().into(),
+            match self.message_from_json(method, &bytes) {
+                Ok(message) => message,
                 Err(status) => return fail(status),
             }
         };

@@ -131,9 +131,26 @@ fn operation(route: &Route, operation_id: String, schemas: &mut Schemas) -> Valu
             "description": "304 without a body when the resource still has this ETag.",
         }));
     }
+    if method.is_server_streaming() && input.get_field_by_name("resume_token").is_some() {
+        parameters.push(json!({
+            "name": "Last-Event-ID", "in": "header", "schema": { "type": "string" },
+            "description": "Sent by a reconnecting EventSource: the stream resumes after that event (as `resumeToken`).",
+        }));
+    }
+    let content = match method.is_server_streaming() {
+        // OpenAPI cannot type the events; the description does.
+        true => json!({ "text/event-stream": { "schema": {
+            "type": "string",
+            "description": format!(
+                "Server-Sent Events. Each event's `data` is a {} as JSON; its `id` is the message's `resumeToken`. A failure after the stream started is an `error` event whose `data` is the error JSON.",
+                output.full_name()
+            ),
+        } } }),
+        false => json!({ "application/json": { "schema": schemas.message(&output) } }),
+    };
     let mut ok = json!({
         "description": summary(method).unwrap_or_else(|| "OK".to_owned()),
-        "content": { "application/json": { "schema": schemas.message(&output) } },
+        "content": content,
     });
     if has_etag {
         ok["headers"] = json!({ "ETag": {

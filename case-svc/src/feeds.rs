@@ -1,0 +1,347 @@
+//! Live delivery: one feed per owner somebody is watching, fed from the log.
+//!
+//! The event table is the truth; everything here is a wake-up. A commit in
+//! this process wakes its owner's feed directly; on PostgreSQL a commit in
+//! any replica also arrives as a `NOTIFY` ([`listen`]). A woken feed reads
+//! the owner's new events once and broadcasts them to every watcher of that
+//! owner, so a write costs one read however many tabs are open. A feed also
+//! reads every `WATCH_POLL_INTERVAL` without being woken, which bounds how
+//! late an event can be when a notification is lost; when the listener's
+//! connection drops, every feed reads at once after it reconnects.
+//!
+//! Memory is bounded by the watchers: a feed exists while someone watches its
+//! owner and holds at most `WATCH_BUFFER` events; a watcher that falls that
+//! far behind is cut off (it resumes from the table).
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, PoisonError, Weak,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use casebook::{
+    auth::UserId,
+    db::{Database, Pool},
+    metrics::{SampleKind, ServerMetrics},
+};
+use tokio::sync::{Notify, broadcast, watch};
+
+use crate::{
+    error::CaseError,
+    events::{CHANNEL, EventLog, EventRow},
+};
+
+/// How many events a feed reads from the table at a time.
+const READ_BATCH: i64 = 256;
+
+/// Limits and timings of live delivery.
+#[derive(Clone, Copy, Debug)]
+pub struct FeedSettings {
+    /// Events a feed keeps for its slowest watcher (and a stream queues for
+    /// its client) before that watcher is cut off.
+    pub buffer: usize,
+    /// How often a feed reads the table without being woken.
+    pub poll_interval: Duration,
+    /// Open watch streams per user.
+    pub max_watches_per_user: usize,
+}
+
+/// Every feed in this process.
+pub struct Feeds {
+    log: EventLog,
+    settings: FeedSettings,
+    feeds: Mutex<HashMap<UserId, Weak<Feed>>>,
+    closing: watch::Sender<bool>,
+    watchers: AtomicUsize,
+    slow_consumers: AtomicU64,
+    listener_reconnects: AtomicU64,
+}
+
+/// One owner's feed: shared by every stream watching that owner.
+pub struct Feed {
+    owner: UserId,
+    events: broadcast::Sender<Arc<EventRow>>,
+    wake: Arc<Notify>,
+    watchers: AtomicUsize,
+    feeds: Weak<Feeds>,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        // Let the reading task see that nobody is left, and forget the owner.
+        self.wake.notify_one();
+        if let Some(feeds) = self.feeds.upgrade() {
+            let mut map = feeds.feeds.lock().unwrap_or_else(PoisonError::into_inner);
+            if map.get(&self.owner).is_some_and(|f| f.strong_count() == 0) {
+                map.remove(&self.owner);
+            }
+        }
+    }
+}
+
+/// A watcher's place in its owner's feed; leaving drops it.
+pub struct Subscription {
+    feed: Arc<Feed>,
+    feeds: Arc<Feeds>,
+    /// Events as the feed reads them.
+    pub events: broadcast::Receiver<Arc<EventRow>>,
+    /// Becomes `true` when the server starts shutting down.
+    pub closing: watch::Receiver<bool>,
+}
+
+impl Subscription {
+    /// Counts this watcher as cut off for reading too slowly.
+    pub fn count_slow_consumer(&self) {
+        self.feeds.slow_consumers.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.feed.watchers.fetch_sub(1, Ordering::Relaxed);
+        self.feeds.watchers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Feeds {
+    /// No feeds yet, reading from `db`; reported in `metrics`.
+    pub fn new(db: Database, settings: FeedSettings, metrics: &ServerMetrics) -> Arc<Self> {
+        let feeds = Arc::new(Self {
+            log: EventLog::new(db),
+            settings,
+            feeds: Mutex::default(),
+            closing: watch::Sender::new(false),
+            watchers: AtomicUsize::new(0),
+            slow_consumers: AtomicU64::new(0),
+            listener_reconnects: AtomicU64::new(0),
+        });
+        feeds.report_to(metrics);
+        feeds
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> FeedSettings {
+        self.settings
+    }
+
+    /// Joins `owner`'s feed, creating it if nobody watches them yet.
+    /// Refused past `MAX_WATCHES_PER_USER`, and once the server is closing.
+    pub async fn subscribe(self: &Arc<Self>, owner: &UserId) -> Result<Subscription, CaseError> {
+        if *self.closing.borrow() {
+            return Err(CaseError::ShuttingDown);
+        }
+        let feed = match self.find(owner) {
+            Some(feed) => feed,
+            None => {
+                // Read before the feed exists: whatever commits after this
+                // read is the feed's to deliver; what committed before it, the
+                // watcher reads itself.
+                let head = self.log.head(owner).await?;
+                let mut map = self.feeds.lock().unwrap_or_else(PoisonError::into_inner);
+                match map.get(owner).and_then(Weak::upgrade) {
+                    Some(feed) => feed,
+                    None => {
+                        let feed = self.start_feed(owner, head.seq);
+                        map.insert(owner.clone(), Arc::downgrade(&feed));
+                        feed
+                    }
+                }
+            }
+        };
+        let limit = self.settings.max_watches_per_user;
+        if feed.watchers.fetch_add(1, Ordering::Relaxed) >= limit {
+            feed.watchers.fetch_sub(1, Ordering::Relaxed);
+            return Err(CaseError::TooManyWatches { limit });
+        }
+        self.watchers.fetch_add(1, Ordering::Relaxed);
+        Ok(Subscription {
+            events: feed.events.subscribe(),
+            closing: self.closing.subscribe(),
+            feed,
+            feeds: Arc::clone(self),
+        })
+    }
+
+    fn find(&self, owner: &UserId) -> Option<Arc<Feed>> {
+        let map = self.feeds.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(owner).and_then(Weak::upgrade)
+    }
+
+    fn start_feed(self: &Arc<Self>, owner: &UserId, after: i64) -> Arc<Feed> {
+        let (events, _) = broadcast::channel(self.settings.buffer.max(1));
+        let wake = Arc::new(Notify::new());
+        let feed = Arc::new(Feed {
+            owner: owner.clone(),
+            events,
+            wake: Arc::clone(&wake),
+            watchers: AtomicUsize::new(0),
+            feeds: Arc::downgrade(self),
+        });
+        tokio::spawn(follow(
+            Arc::downgrade(&feed),
+            wake,
+            self.log.clone(),
+            after,
+            self.settings.poll_interval,
+        ));
+        feed
+    }
+
+    /// `owner` committed a change (in this process, or in another replica).
+    pub fn wake(&self, owner: &UserId) {
+        if let Some(feed) = self.find(owner) {
+            feed.wake.notify_one();
+        }
+    }
+
+    /// Notifications may have been lost: every feed reads the table.
+    pub fn wake_all(&self) {
+        let map = self.feeds.lock().unwrap_or_else(PoisonError::into_inner);
+        for feed in map.values().filter_map(Weak::upgrade) {
+            feed.wake.notify_one();
+        }
+    }
+
+    /// Ends every stream (with a status the client retries) and refuses new ones.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    fn report_to(self: &Arc<Self>, metrics: &ServerMetrics) {
+        let feeds = Arc::downgrade(self);
+        metrics.report(move |samples| {
+            let Some(feeds) = feeds.upgrade() else {
+                return false;
+            };
+            let open = feeds.feeds.lock().map(|m| m.len()).unwrap_or_default();
+            let gauges = [
+                (
+                    "casebook_watch_streams",
+                    "Open WatchCases streams",
+                    feeds.watchers.load(Ordering::Relaxed) as f64,
+                ),
+                (
+                    "casebook_watch_feeds",
+                    "Owners with at least one open watch stream",
+                    open as f64,
+                ),
+            ];
+            for (name, help, value) in gauges {
+                samples.push(name, help, SampleKind::Gauge, vec![], value);
+            }
+            let counters = [
+                (
+                    "casebook_watch_slow_consumers",
+                    "Watch streams cut off for falling WATCH_BUFFER events behind",
+                    &feeds.slow_consumers,
+                ),
+                (
+                    "casebook_watch_listener_reconnects",
+                    "Times the PostgreSQL LISTEN connection was lost and re-established",
+                    &feeds.listener_reconnects,
+                ),
+            ];
+            for (name, help, value) in counters {
+                let value = value.load(Ordering::Relaxed) as f64;
+                samples.push(name, help, SampleKind::Counter, vec![], value);
+            }
+            true
+        });
+    }
+}
+
+/// A feed's reading task: after every wake-up (or poll interval), reads
+/// the owner's events after the last one it read and broadcasts them. Ends
+/// when the feed is gone.
+async fn follow(
+    feed: Weak<Feed>,
+    wake: Arc<Notify>,
+    log: EventLog,
+    mut last: i64,
+    poll_interval: Duration,
+) {
+    loop {
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(poll_interval) => {}
+        }
+        let Some(feed) = feed.upgrade() else { return };
+        loop {
+            match log.after(&feed.owner, last, READ_BATCH).await {
+                Ok(rows) => {
+                    let full = rows.len() as i64 == READ_BATCH;
+                    for row in rows {
+                        last = row.seq;
+                        // No receiver right now is fine: watchers read the table first.
+                        let _ = feed.events.send(Arc::new(row));
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    // Watchers stay connected; the next wake-up or poll retries.
+                    tracing::warn!(%error, "reading new case events failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// On PostgreSQL, turns every replica's commits into wake-ups here, for as
+/// long as the server runs (it owns the returned future). A dropped
+/// connection is re-established and followed by a read of every feed, since
+/// notifications sent meanwhile are gone. On SQLite (one process) it
+/// returns at once: in-process wake-ups are all there is.
+pub async fn listen(feeds: Arc<Feeds>, db: Database) {
+    let Pool::Postgres(pool) = db.pool() else {
+        return;
+    };
+    // Its own connection, outside the request pool: a listener holds one
+    // for good, which would otherwise be a connection calls can never have.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with((*pool.connect_options()).clone());
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::warn!(%error, "cannot open the LISTEN connection; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(error) = listener.listen(CHANNEL).await {
+            tracing::warn!(%error, "LISTEN failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        // Anything committed while there was no listener.
+        feeds.wake_all();
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => {
+                    // The payload is "<seq> <owner>"; the seq is for people reading pg logs.
+                    if let Some((_, owner)) = notification.payload().split_once(' ') {
+                        feeds.wake(&UserId::new(owner));
+                    }
+                }
+                Ok(None) => {
+                    // Reconnected (and listening again) after losing the connection.
+                    feeds.listener_reconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("LISTEN connection was lost and re-established");
+                    feeds.wake_all();
+                }
+                Err(error) => {
+                    feeds.listener_reconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, "LISTEN connection failed; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}

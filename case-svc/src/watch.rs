@@ -8,10 +8,12 @@
 //! Because an owner's events commit in `seq` order (see `events`), reading
 //! `seq > position` never skips one that commits later.
 //!
-//! Nothing waits on the client: messages queue in a channel of
-//! `WATCH_BUFFER`, and a client that lets it fill is cut off with
-//! `RESOURCE_EXHAUSTED`, as is one the feed's buffer outran. Either way the
-//! client resumes with its last token and catch-up serves it from the table.
+//! Following the feed never waits on the client: messages queue in a channel
+//! of `WATCH_BUFFER`, and a client that lets it fill is cut off with
+//! `RESOURCE_EXHAUSTED`; it resumes with its last token. Catch-up reads the
+//! table only as fast as the client reads, so it waits instead. A stream the
+//! feed outran (while it caught up) simply catches up again: the table is
+//! the buffer, and it is already there.
 
 use std::{
     pin::Pin,
@@ -24,7 +26,7 @@ use casebook::{
     auth::AuthError,
     pb::casebook::cases::v1::{CaseEvent, WatchCasesResponse},
 };
-use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
+use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot, watch};
 use tokio_stream::Stream;
 use tonic::Status;
 
@@ -77,11 +79,13 @@ impl Watch {
         let (messages, queue) = mpsc::channel(self.buffer.max(1));
         let (end, ended) = oneshot::channel();
         tokio::spawn(async move {
+            let expires = tokio::time::Instant::now() + until(self.expires_at);
             let mut stream = Running {
                 watch: self,
                 subscription,
                 messages,
                 position,
+                expires,
             };
             if let Some(status) = stream.run().await {
                 let _ = end.send(status);
@@ -99,6 +103,17 @@ struct Running {
     subscription: Subscription,
     messages: mpsc::Sender<WatchCasesResponse>,
     position: i64,
+    /// When the caller's token expires.
+    expires: tokio::time::Instant,
+}
+
+/// Whether a message may wait for the client.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// Following the feed: the client must keep up.
+    Live,
+    /// Reading the table: as fast as the client reads.
+    Wait,
 }
 
 /// Why a stream ends: a status for the client, or nobody left to tell.
@@ -123,29 +138,28 @@ impl Running {
     }
 
     async fn follow(&mut self) -> End {
+        // A stream opened "from now" learns its position at once, so it can
+        // resume with no gap even if it drops before anything happens.
+        if let Err(end) = self.send(None, Pace::Wait).await {
+            return end;
+        }
         if let Err(end) = self.catch_up().await {
             return end;
         }
-        let expiry = expiry(self.watch.expires_at);
-        tokio::pin!(expiry);
-        let mut heartbeat = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.watch.heartbeat,
-            self.watch.heartbeat,
-        );
+        let period = self.watch.heartbeat;
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
             let received = tokio::select! {
                 biased;
-                _ = self.subscription.closing.wait_for(|closing| *closing) => {
-                    return CaseError::ShuttingDown.into();
+                end = interrupted(self.subscription.closing.clone(), self.expires, &self.messages) => {
+                    return end;
                 }
-                () = &mut expiry => return End::Status(AuthError::TokenExpired.into()),
-                () = self.messages.closed() => return End::ClientGone,
                 received = self.subscription.events.recv() => Some(received),
                 _ = heartbeat.tick() => None,
             };
             let step = match received {
                 Some(received) => self.receive(received).await,
-                None => self.send(None),
+                None => self.send(None, Pace::Live).await,
             };
             if let Err(end) = step {
                 return end;
@@ -156,15 +170,15 @@ impl Running {
     async fn receive(&mut self, received: Result<Arc<EventRow>, RecvError>) -> Result<(), End> {
         match received {
             Ok(row) if row.seq <= self.position => Ok(()),
-            Ok(row) if row.seq == self.position + 1 => self.deliver(&row),
-            // Something between here and there was not broadcast to us.
-            Ok(_) => self.catch_up().await,
-            Err(RecvError::Lagged(behind)) => Err(self.too_slow(behind as usize)),
+            Ok(row) if row.seq == self.position + 1 => self.deliver(&row, Pace::Live).await,
+            // Something between here and there was not broadcast to us, or
+            // the feed outran us: the table has it all.
+            Ok(_) | Err(RecvError::Lagged(_)) => self.catch_up().await,
             Err(RecvError::Closed) => Err(CaseError::ShuttingDown.into()),
         }
     }
 
-    /// Sends every event in the table after the position.
+    /// Sends every event in the table after the position, at the client's pace.
     async fn catch_up(&mut self) -> Result<(), End> {
         loop {
             let rows = self
@@ -174,7 +188,7 @@ impl Running {
                 .await?;
             let full = rows.len() as i64 == CATCH_UP_BATCH;
             for row in rows {
-                self.deliver(&row)?;
+                self.deliver(&row, Pace::Wait).await?;
             }
             if !full {
                 return Ok(());
@@ -183,27 +197,38 @@ impl Running {
     }
 
     /// Accounts for `row`: sent if the filter wants it, skipped otherwise.
-    fn deliver(&mut self, row: &EventRow) -> Result<(), End> {
+    async fn deliver(&mut self, row: &EventRow, pace: Pace) -> Result<(), End> {
         self.position = row.seq;
         let (status, kind) = row.classification()?;
         let (was_status, was_kind) = row.previous_classification()?;
         let filter = &self.watch.filter;
         if filter.matches(status, kind) || filter.matches(was_status, was_kind) {
-            self.send(Some(CaseEvent::try_from(row)?))?;
+            self.send(Some(CaseEvent::try_from(row)?), pace).await?;
         }
         Ok(())
     }
 
-    /// Queues a message (a heartbeat without an event) at the current position.
-    fn send(&mut self, event: Option<CaseEvent>) -> Result<(), End> {
+    /// Queues a message (a heartbeat without an event) at the current
+    /// position. Live messages never wait: a full queue means the client
+    /// stopped reading. Catch-up reads the table only as fast as the client
+    /// reads, so it waits for room.
+    async fn send(&mut self, event: Option<CaseEvent>, pace: Pace) -> Result<(), End> {
         let message = WatchCasesResponse {
             event,
             resume_token: self.watch.token(self.position),
         };
-        match self.messages.try_send(message) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(self.too_slow(self.watch.buffer)),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(End::ClientGone),
+        match pace {
+            Pace::Live => match self.messages.try_send(message) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => Err(self.too_slow(self.watch.buffer)),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(End::ClientGone),
+            },
+            Pace::Wait => tokio::select! {
+                end = interrupted(self.subscription.closing.clone(), self.expires, &self.messages) => {
+                    Err(end)
+                }
+                sent = self.messages.send(message) => sent.map_err(|_| End::ClientGone),
+            },
         }
     }
 
@@ -213,15 +238,30 @@ impl Running {
     }
 }
 
-/// Resolves when a token expiring at `expires_at` (Unix seconds) expires.
-async fn expiry(expires_at: i64) {
+/// Resolves when a stream must end whatever it is doing: the server is
+/// closing, the token expired, or the client went away.
+async fn interrupted(
+    mut closing: watch::Receiver<bool>,
+    expires: tokio::time::Instant,
+    messages: &mpsc::Sender<WatchCasesResponse>,
+) -> End {
+    tokio::select! {
+        _ = closing.wait_for(|closing| *closing) => CaseError::ShuttingDown.into(),
+        () = tokio::time::sleep_until(expires) => End::Status(AuthError::TokenExpired.into()),
+        () = messages.closed() => End::ClientGone,
+    }
+}
+
+/// How long until `expires_at` (Unix seconds).
+fn until(expires_at: i64) -> Duration {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let left = u64::try_from(expires_at)
-        .unwrap_or_default()
-        .saturating_sub(now);
-    tokio::time::sleep(Duration::from_secs(left)).await;
+    Duration::from_secs(
+        u64::try_from(expires_at)
+            .unwrap_or_default()
+            .saturating_sub(now),
+    )
 }
 
 /// The response stream: queued messages, then the status the stream ended with.

@@ -1,0 +1,674 @@
+//! Case history and live updates end to end: the event log behind
+//! `ListCaseEvents` and `WatchCases`, over real sockets, on SQLite (or
+//! PostgreSQL with `CASEBOOK_TEST_POSTGRES`). Streams are read with a
+//! bound on each wait; nothing here sleeps to let something happen.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use casebook::pb::casebook::cases::v1::{
+    Case, CaseEvent, CreateCaseRequest, DeleteCaseRequest, GetCaseRequest, ListCaseEventsRequest,
+    UndeleteCaseRequest, UpdateCaseRequest, WatchCasesRequest, WatchCasesResponse,
+    case::{Status, Type},
+    case_event::Kind,
+    case_service_client::CaseServiceClient,
+};
+use common::{CaseSvc, TestEnv, assert_reason, bearer};
+use prost_types::FieldMask;
+use tonic::{Code, Streaming, transport::Channel};
+
+type Client = CaseServiceClient<Channel>;
+
+/// The longest any single step may take before the test fails.
+const STEP: Duration = Duration::from_secs(15);
+
+/// A client acting as one user.
+struct As {
+    client: Client,
+    token: String,
+}
+
+impl As {
+    async fn user(app: &CaseSvc, id: &str) -> Self {
+        Self {
+            client: app.client().await,
+            token: app.user(id).await,
+        }
+    }
+
+    async fn create(&mut self, title: &str) -> Case {
+        let case = Case {
+            title: title.to_owned(),
+            r#type: Type::Incident as i32,
+            ..Case::default()
+        };
+        let request = CreateCaseRequest {
+            case: Some(case),
+            request_id: String::new(),
+        };
+        self.client
+            .create_case(bearer(request, &self.token))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn update(&mut self, case: Case, mask: &[&str]) -> Result<Case, tonic::Status> {
+        let request = UpdateCaseRequest {
+            case: Some(case),
+            update_mask: Some(FieldMask {
+                paths: mask.iter().map(|p| (*p).to_owned()).collect(),
+            }),
+        };
+        self.client
+            .update_case(bearer(request, &self.token))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn retitle(&mut self, case: &Case, title: &str) -> Case {
+        let case = Case {
+            name: case.name.clone(),
+            title: title.to_owned(),
+            ..Case::default()
+        };
+        self.update(case, &["title"]).await.unwrap()
+    }
+
+    async fn history(
+        &mut self,
+        name: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> (Vec<CaseEvent>, String) {
+        let request = ListCaseEventsRequest {
+            parent: name.to_owned(),
+            page_size,
+            page_token: page_token.to_owned(),
+        };
+        let page = self
+            .client
+            .list_case_events(bearer(request, &self.token))
+            .await
+            .unwrap()
+            .into_inner();
+        (page.events, page.next_page_token)
+    }
+
+    async fn watch(&mut self, filter: &str, resume_token: &str) -> Watcher {
+        let request = WatchCasesRequest {
+            filter: filter.to_owned(),
+            resume_token: resume_token.to_owned(),
+        };
+        let stream = self
+            .client
+            .watch_cases(bearer(request, &self.token))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut watcher = Watcher {
+            stream,
+            token: String::new(),
+        };
+        // Every stream starts by saying where it stands.
+        watcher.next().await.unwrap();
+        watcher
+    }
+}
+
+/// An open `WatchCases` stream and the resume token of its last message.
+struct Watcher {
+    stream: Streaming<WatchCasesResponse>,
+    token: String,
+}
+
+impl Watcher {
+    /// The next message (event or heartbeat), or the status the stream ended with.
+    async fn next(&mut self) -> Result<WatchCasesResponse, tonic::Status> {
+        let message = tokio::time::timeout(STEP, self.stream.message())
+            .await
+            .expect("the stream answered within the step limit")?
+            .ok_or_else(|| tonic::Status::ok("the stream ended"))?;
+        self.token = message.resume_token.clone();
+        Ok(message)
+    }
+
+    /// The next event, skipping heartbeats.
+    async fn event(&mut self) -> CaseEvent {
+        loop {
+            if let Some(event) = self.next().await.unwrap().event {
+                return event;
+            }
+        }
+    }
+
+    /// The status the stream ends with, skipping whatever comes first.
+    async fn end(&mut self) -> tonic::Status {
+        loop {
+            if let Err(status) = self.next().await {
+                return status;
+            }
+        }
+    }
+}
+
+fn seq(event: &CaseEvent) -> i64 {
+    event.name.rsplit('/').next().unwrap().parse().unwrap()
+}
+
+fn change<'a>(event: &'a CaseEvent, field: &str) -> (&'a str, &'a str) {
+    let change = event
+        .changes
+        .iter()
+        .find(|c| c.field == field)
+        .unwrap_or_else(|| panic!("{field} is not among the changes of {event:?}"));
+    (&change.old_value, &change.new_value)
+}
+
+#[tokio::test]
+async fn every_kind_of_change_is_in_the_history_with_its_fields_and_actor() {
+    let app = CaseSvc::start(|_| {}).await;
+    let mut alice = As::user(&app, "alice").await;
+    let case = alice.create("Printer on fire").await;
+    let updated = alice
+        .update(
+            Case {
+                name: case.name.clone(),
+                title: "Printer smoking".into(),
+                status: Status::InProgress as i32,
+                ..Case::default()
+            },
+            &["title", "status"],
+        )
+        .await
+        .unwrap();
+    let delete = DeleteCaseRequest {
+        name: case.name.clone(),
+        ..Default::default()
+    };
+    let deleted = alice
+        .client
+        .delete_case(bearer(delete, &alice.token))
+        .await
+        .unwrap()
+        .into_inner();
+    let undelete = UndeleteCaseRequest {
+        name: case.name.clone(),
+        etag: deleted.etag.clone(),
+    };
+    alice
+        .client
+        .undelete_case(bearer(undelete, &alice.token))
+        .await
+        .unwrap();
+
+    let (events, next) = alice.history(&case.name, 0, "").await;
+    assert!(next.is_empty());
+    let kinds: Vec<i32> = events.iter().map(|e| e.kind).collect();
+    let newest_first = [Kind::Undeleted, Kind::Deleted, Kind::Updated, Kind::Created];
+    assert_eq!(kinds, newest_first.map(|k| k as i32));
+    for event in &events {
+        assert_eq!(event.actor, "users/alice");
+        assert_eq!(event.r#case, case.name);
+        assert!(event.name.starts_with(&format!("{}/events/", case.name)));
+        assert!(
+            !event.request_id.is_empty(),
+            "the call's x-request-id is kept"
+        );
+        assert!(event.event_time.is_some());
+    }
+    let [undeleted, deleted_event, updated_event, created] = &events[..] else {
+        unreachable!()
+    };
+    assert_eq!(change(created, "title"), ("", "Printer on fire"));
+    assert_eq!(change(created, "status"), ("", "OPEN"));
+    assert_eq!(created.case_etag, case.etag);
+    assert_eq!(
+        change(updated_event, "title"),
+        ("Printer on fire", "Printer smoking")
+    );
+    assert_eq!(change(updated_event, "status"), ("OPEN", "IN_PROGRESS"));
+    assert_eq!(
+        updated_event.changes.len(),
+        2,
+        "only what changed: {updated_event:?}"
+    );
+    assert_eq!(updated_event.case_etag, updated.etag);
+    assert_eq!(change(deleted_event, "delete_time").0, "");
+    assert!(!change(deleted_event, "purge_time").1.is_empty());
+    assert_eq!(change(undeleted, "delete_time").1, "");
+    assert!(seq(undeleted) > seq(deleted_event) && seq(updated_event) > seq(created));
+
+    // Pages of two, newest first, with the same events.
+    let (first, token) = alice.history(&case.name, 2, "").await;
+    let (second, last) = alice.history(&case.name, 2, &token).await;
+    assert!(last.is_empty());
+    assert_eq!([first, second].concat(), events);
+}
+
+#[tokio::test]
+async fn a_write_that_fails_records_nothing() {
+    let app = CaseSvc::start(|_| {}).await;
+    let mut alice = As::user(&app, "alice").await;
+    let case = alice.create("One").await;
+    let stale = Case {
+        name: case.name.clone(),
+        title: "Two".into(),
+        etag: "v99".into(),
+        ..Case::default()
+    };
+    let refused = alice.update(stale, &["title"]).await.unwrap_err();
+    assert_reason(&refused, Code::Aborted, "ETAG_MISMATCH");
+    let undelete = UndeleteCaseRequest {
+        name: case.name.clone(),
+        etag: String::new(),
+    };
+    let refused = alice
+        .client
+        .undelete_case(bearer(undelete, &alice.token))
+        .await
+        .unwrap_err();
+    assert_reason(&refused, Code::AlreadyExists, "CASE_NOT_DELETED");
+    let (events, _) = alice.history(&case.name, 0, "").await;
+    assert_eq!(events.len(), 1, "only the create: {events:?}");
+}
+
+#[tokio::test]
+async fn nobody_sees_another_users_history_or_events() {
+    let app = CaseSvc::start(|_| {}).await;
+    let mut alice = As::user(&app, "alice").await;
+    let mut bob = As::user(&app, "bob").await;
+    let mut bobs_watch = bob.watch("", "").await;
+    let alices = alice.create("Alice's").await;
+    alice.retitle(&alices, "Alice's, renamed").await;
+
+    let request = ListCaseEventsRequest {
+        parent: alices.name.clone(),
+        ..Default::default()
+    };
+    let refused = bob
+        .client
+        .list_case_events(bearer(request, &bob.token))
+        .await
+        .unwrap_err();
+    assert_reason(&refused, Code::NotFound, "CASE_NOT_FOUND");
+
+    let bobs = bob.create("Bob's").await;
+    let first = bobs_watch.event().await;
+    assert_eq!(
+        first.r#case, bobs.name,
+        "Alice's two events never reached Bob"
+    );
+    // And Bob's resume token is useless to Alice.
+    let request = WatchCasesRequest {
+        filter: String::new(),
+        resume_token: bobs_watch.token.clone(),
+    };
+    let refused = alice
+        .client
+        .watch_cases(bearer(request, &alice.token))
+        .await
+        .unwrap_err();
+    assert_reason(&refused, Code::InvalidArgument, "INVALID_ARGUMENT");
+}
+
+#[tokio::test]
+async fn a_resumed_watch_continues_with_no_gap_and_no_duplicate() {
+    let app = CaseSvc::start(|_| {}).await;
+    let mut alice = As::user(&app, "alice").await;
+    let mut watch = alice.watch("", "").await;
+    let mut made = Vec::new();
+    for title in ["one", "two"] {
+        made.push(alice.create(title).await.name);
+    }
+    let mut seen = vec![watch.event().await, watch.event().await];
+    let resume_from = watch.token.clone();
+    drop(watch);
+
+    for title in ["three", "four", "five"] {
+        made.push(alice.create(title).await.name);
+    }
+    let mut resumed = alice.watch("", &resume_from).await;
+    for _ in 0..3 {
+        seen.push(resumed.event().await);
+    }
+    made.push(alice.create("six").await.name);
+    seen.push(resumed.event().await);
+
+    let cases: Vec<&String> = seen.iter().map(|e| &e.r#case).collect();
+    assert_eq!(cases, made.iter().collect::<Vec<_>>());
+    let numbers: Vec<i64> = seen.iter().map(seq).collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+}
+
+#[tokio::test]
+async fn a_filtered_watch_sends_changes_into_and_out_of_the_filter_only() {
+    let app = CaseSvc::start(|_| {}).await;
+    let mut alice = As::user(&app, "alice").await;
+    let mut closed = alice.watch("status = CLOSED", "").await;
+    let case = alice.create("quiet").await;
+    let close = Case {
+        name: case.name.clone(),
+        status: Status::Closed as i32,
+        ..Case::default()
+    };
+    alice.update(close, &["status"]).await.unwrap();
+    let reopen = Case {
+        name: case.name.clone(),
+        status: Status::Open as i32,
+        ..Case::default()
+    };
+    alice.update(reopen, &["status"]).await.unwrap();
+    let into = closed.event().await;
+    let out_of = closed.event().await;
+    assert_eq!(change(&into, "status"), ("OPEN", "CLOSED"));
+    assert_eq!(change(&out_of, "status"), ("CLOSED", "OPEN"));
+    assert_eq!(seq(&into), seq(&out_of) - 1, "the create was not sent");
+}
+
+/// The interleaving a single global sequence gets wrong: a write takes its
+/// number, and before it commits, a second write of the same owner starts.
+/// The second must neither commit first nor be numbered first, so a
+/// watcher that has seen it has seen the first.
+#[tokio::test]
+async fn a_write_that_started_first_is_never_skipped_by_one_that_commits_first() {
+    use case_svc::{events::EventWrite, feeds::Feeds, request::Caller, store::CaseStore};
+    let app = CaseSvc::start(|_| {}).await;
+    let mut alice = As::user(&app, "alice").await;
+    let case = alice.create("contended").await;
+    let mut watch = alice.watch("", "").await;
+
+    // The slow writer, through the service's own code on its own pool.
+    let metrics = casebook::metrics::Metrics::new();
+    let server = metrics.for_server("test");
+    let mut args = app.case_config().service.database;
+    args.database_max_connections = 2;
+    let db = casebook::db::Database::connect(&args, &server)
+        .await
+        .unwrap();
+    let feeds = Feeds::new(db.clone(), app.case_config().feed_settings(), &server);
+    let store = CaseStore::open(db.clone(), feeds).await.unwrap();
+    let owner = casebook::auth::UserId::new("alice");
+    let id = case_svc::resource::CaseId::parse_name(&case.name, "name").unwrap();
+    let row = store.get(&owner, id).await.unwrap();
+    let slow = EventWrite::begin(&db, &owner).await.unwrap();
+
+    // The fast writer goes through the API while the slow one holds its number.
+    let mut fast = alice.client.clone();
+    let request = bearer(
+        UpdateCaseRequest {
+            case: Some(Case {
+                name: case.name.clone(),
+                title: "fast".into(),
+                ..Case::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["title".into()],
+            }),
+        },
+        &alice.token,
+    );
+    let fast = tokio::spawn(async move { fast.update_case(request).await });
+    if app.db.is_postgres() {
+        // Wait until the fast writer is really queued behind the slow one.
+        let queued = common::eventually(STEP, async || {
+            app.db
+                .count(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = $1",
+                    "Lock",
+                )
+                .await
+                > 0
+        })
+        .await;
+        assert!(queued, "the second write did not wait for the first");
+    }
+    let caller = Caller {
+        owner: owner.clone(),
+        request_id: Some("slow".into()),
+    };
+    slow.commit(Some(&caller), Kind::Updated, &row, &[])
+        .await
+        .unwrap();
+    fast.await.unwrap().unwrap();
+
+    let first = watch.event().await;
+    let second = watch.event().await;
+    assert_eq!(
+        first.request_id, "slow",
+        "the write that started first is first"
+    );
+    assert_eq!(seq(&second), seq(&first) + 1);
+    assert_eq!(change(&second, "title").1, "fast");
+}
+
+#[tokio::test]
+async fn a_purged_case_takes_its_history_along_and_old_resume_points_say_so() {
+    let app = CaseSvc::start(|c| {
+        c.case_retention = Duration::ZERO;
+        c.case_purge_interval = Duration::from_millis(50);
+    })
+    .await;
+    let mut alice = As::user(&app, "alice").await;
+    let case = alice.create("short-lived").await;
+    let mut watch = alice.watch("", "").await;
+    let before_delete = watch.token.clone();
+    let delete = DeleteCaseRequest {
+        name: case.name.clone(),
+        ..Default::default()
+    };
+    alice
+        .client
+        .delete_case(bearer(delete, &alice.token))
+        .await
+        .unwrap();
+    assert_eq!(watch.event().await.kind, Kind::Deleted as i32);
+    let purged = watch.event().await;
+    assert_eq!(purged.kind, Kind::Purged as i32);
+    assert_eq!(purged.r#case, case.name);
+    assert!(purged.actor.is_empty(), "the service purged it, not a user");
+
+    let get = GetCaseRequest {
+        name: case.name.clone(),
+    };
+    let gone = alice
+        .client
+        .get_case(bearer(get, &alice.token))
+        .await
+        .unwrap_err();
+    assert_reason(&gone, Code::NotFound, "CASE_NOT_FOUND");
+    let remaining = app
+        .db
+        .count(
+            "SELECT count(*) FROM case_events WHERE user_id = $1 AND kind <> 'PURGED'",
+            "alice",
+        )
+        .await;
+    assert_eq!(remaining, 0, "the case's events went with it");
+
+    let request = WatchCasesRequest {
+        filter: String::new(),
+        resume_token: before_delete,
+    };
+    let expired = alice
+        .client
+        .watch_cases(bearer(request, &alice.token))
+        .await
+        .unwrap_err();
+    assert_reason(&expired, Code::OutOfRange, "RESUME_POINT_EXPIRED");
+    // A resume point after the removed events is still complete.
+    let mut resumed = alice.watch("", &watch.token).await;
+    let later = alice.create("next").await;
+    assert_eq!(resumed.event().await.r#case, later.name);
+}
+
+#[tokio::test]
+async fn a_stream_ends_when_its_token_expires_and_a_fresh_token_resumes_it() {
+    let app = CaseSvc::start(|_| {}).await;
+    let mut alice = As::user(&app, "alice").await;
+    let mut claims = common::claims("alice");
+    claims["exp"] = (common::now() + 2).into();
+    let short = app.issuer.keys[0].sign(&claims);
+    let request = WatchCasesRequest::default();
+    let stream = alice
+        .client
+        .watch_cases(bearer(request, &short))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut watch = Watcher {
+        stream,
+        token: String::new(),
+    };
+    let made = alice.create("while watching").await;
+    assert_eq!(watch.event().await.r#case, made.name);
+    let ended = watch.end().await;
+    assert_reason(&ended, Code::Unauthenticated, "TOKEN_EXPIRED");
+
+    let missed = alice.create("after expiry").await;
+    let mut resumed = alice.watch("", &watch.token).await;
+    assert_eq!(resumed.event().await.r#case, missed.name);
+}
+
+#[tokio::test]
+async fn shutdown_ends_streams_with_a_status_the_client_retries() {
+    let app = CaseSvc::start(|_| {}).await;
+    let mut alice = As::user(&app, "alice").await;
+    let mut watch = alice.watch("", "").await;
+    let CaseSvc(common::Running { server, env, .. }) = app;
+    let stopping = tokio::spawn(server.shutdown());
+    let ended = watch.end().await;
+    assert_reason(&ended, Code::Unavailable, "SHUTTING_DOWN");
+    assert!(tonic_types::StatusExt::get_details_retry_info(&ended).is_some());
+    stopping
+        .await
+        .unwrap()
+        .expect("the drain finished within the grace period");
+    drop(env);
+}
+
+#[tokio::test]
+async fn watches_past_the_per_user_limit_are_refused_and_others_are_not() {
+    let app = CaseSvc::start(|c| c.max_watches_per_user = 2).await;
+    let mut alice = As::user(&app, "alice").await;
+    let mut bob = As::user(&app, "bob").await;
+    let _first = alice.watch("", "").await;
+    let second = alice.watch("", "").await;
+    let refused = alice
+        .client
+        .watch_cases(bearer(WatchCasesRequest::default(), &alice.token))
+        .await
+        .unwrap_err();
+    assert_reason(&refused, Code::ResourceExhausted, "TOO_MANY_WATCHES");
+    let _bobs = bob.watch("", "").await;
+    drop(second);
+    // A closed stream frees its place.
+    let freed = common::eventually(STEP, async || {
+        alice
+            .client
+            .watch_cases(bearer(WatchCasesRequest::default(), &alice.token))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(freed);
+}
+
+#[tokio::test]
+async fn a_consumer_that_stops_reading_is_cut_off_and_resumes_where_it_was() {
+    let app = CaseSvc::start(|c| c.watch_buffer = 4).await;
+    let mut alice = As::user(&app, "alice").await;
+    // A client whose HTTP/2 window holds only a few events.
+    let channel = Channel::from_shared(format!("http://{}", app.addr()))
+        .unwrap()
+        .initial_stream_window_size(2048)
+        .connect()
+        .await
+        .unwrap();
+    let mut slow_client = CaseServiceClient::new(channel);
+    let stream = slow_client
+        .watch_cases(bearer(WatchCasesRequest::default(), &alice.token))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut slow = Watcher {
+        stream,
+        token: String::new(),
+    };
+    slow.next().await.unwrap();
+    let mut made = Vec::new();
+    for n in 0..60 {
+        made.push(alice.create(&format!("burst {n}")).await.name);
+    }
+    let mut received = Vec::new();
+    let ended = loop {
+        match slow.next().await {
+            Ok(message) => received.extend(message.event.map(|e| e.r#case)),
+            Err(status) => break status,
+        }
+    };
+    assert_reason(&ended, Code::ResourceExhausted, "SLOW_CONSUMER");
+    assert!(received.len() < made.len(), "it was cut off early");
+    let mut resumed = alice.watch("", &slow.token).await;
+    while received.len() < made.len() {
+        received.push(resumed.event().await.r#case);
+    }
+    assert_eq!(received, made, "every event once, in order");
+    let text = app.metrics.render();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("casebook_watch_slow_consumers_total") && l.ends_with(" 1.0")),
+        "{text}"
+    );
+}
+
+/// PostgreSQL only: replicas share one database, and a commit on one
+/// reaches watchers on the other through LISTEN/NOTIFY.
+#[tokio::test]
+async fn a_write_on_one_replica_reaches_watchers_on_both_even_after_the_listener_is_killed() {
+    let env =
+        Arc::new(TestEnv::new(common::Issuer::single(casebook::auth::Algorithm::EdDsa)).await);
+    if !env.db.is_postgres() {
+        eprintln!("SQLite is one process: cross-replica delivery is a PostgreSQL test");
+        return;
+    }
+    // No polling: only notifications (and the reconnect's catch-up) deliver.
+    let quiet = |c: &mut case_svc::Config| c.watch_poll_interval = Duration::from_secs(3600);
+    let one = CaseSvc::start_in(Arc::clone(&env), quiet).await;
+    let two = CaseSvc::start_in(Arc::clone(&env), quiet).await;
+    let mut writer = As::user(&one, "alice").await;
+    let mut on_two = As {
+        client: two.client().await,
+        token: writer.token.clone(),
+    };
+    let mut watch_one = writer.watch("", "").await;
+    let mut watch_two = on_two.watch("", "").await;
+
+    let first = writer.create("first").await;
+    assert_eq!(watch_one.event().await.r#case, first.name);
+    assert_eq!(watch_two.event().await.r#case, first.name);
+
+    // Kill every LISTEN connection (both replicas'), then write again.
+    let killed = env
+        .db
+        .count(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE $1",
+            "LISTEN%",
+        )
+        .await;
+    assert!(killed >= 2, "both replicas listen ({killed} killed)");
+    let second = writer.create("second").await;
+    assert_eq!(watch_two.event().await.r#case, second.name);
+    let reconnected = common::eventually(STEP, async || {
+        two.metrics.render().lines().any(|l| {
+            l.starts_with("casebook_watch_listener_reconnects_total") && !l.ends_with(" 0.0")
+        })
+    })
+    .await;
+    assert!(reconnected);
+    let third = writer.create("third").await;
+    assert_eq!(watch_two.event().await.r#case, third.name);
+}

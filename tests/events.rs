@@ -672,3 +672,234 @@ async fn a_write_on_one_replica_reaches_watchers_on_both_even_after_the_listener
     let third = writer.create("third").await;
     assert_eq!(watch_two.event().await.r#case, third.name);
 }
+
+/// Server-Sent Events as a browser's `EventSource` reads them.
+struct EventStream {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+/// One SSE event: its `event` type (empty for messages), `id` and `data`.
+#[derive(Debug, Default)]
+struct Sse {
+    kind: String,
+    id: String,
+    data: String,
+}
+
+impl EventStream {
+    async fn open(url: &str, token: &str, last_event_id: Option<&str>) -> Self {
+        let mut request = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "{:?}", response.headers());
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Self {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    async fn next(&mut self) -> Sse {
+        loop {
+            if let Some((block, rest)) = self.buffer.split_once("\n\n") {
+                let mut event = Sse::default();
+                for line in block.lines() {
+                    match line.split_once(": ") {
+                        Some(("event", value)) => event.kind = value.to_owned(),
+                        Some(("id", value)) => event.id = value.to_owned(),
+                        Some(("data", value)) => event.data.push_str(value),
+                        _ => {}
+                    }
+                }
+                self.buffer = rest.to_owned();
+                return event;
+            }
+            let chunk = tokio::time::timeout(STEP, self.response.chunk())
+                .await
+                .expect("an event within the step limit")
+                .unwrap()
+                .expect("the stream is still open");
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    /// The next event that carries a change, as JSON.
+    async fn change(&mut self) -> serde_json::Value {
+        loop {
+            let event = self.next().await;
+            assert_eq!(event.kind, "", "{event:?}");
+            let message: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+            assert_eq!(message["resumeToken"], event.id.as_str());
+            if !message["event"].is_null() {
+                return message["event"].clone();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn server_sent_events_through_the_gateway_resume_with_last_event_id() {
+    let stack = common::GatewayStack::start(1, |_| {}).await;
+    let token = stack.env.user("alice").await;
+    let mut alice = As {
+        client: stack.cases[0].client().await,
+        token: token.clone(),
+    };
+    let url = format!("http://{}/v1/cases:watch", stack.addr());
+    let mut events = EventStream::open(&url, &token, None).await;
+    let position = events.next().await;
+    assert!(
+        !position.id.is_empty(),
+        "the first event says where the stream stands"
+    );
+
+    let first = alice.create("over SSE").await;
+    let seen = events.change().await;
+    assert_eq!(seen["case"], first.name.as_str());
+    assert_eq!(seen["kind"], "CREATED");
+    drop(events);
+
+    // What happens while the browser is away arrives when it reconnects.
+    let missed = alice.create("while away").await;
+    let mut events = EventStream::open(&url, &token, Some(&position.id)).await;
+    events.next().await;
+    assert_eq!(events.change().await["case"], first.name.as_str());
+    assert_eq!(events.change().await["case"], missed.name.as_str());
+
+    // A filter rides in the query string; a bad one is a plain 400.
+    let refused = reqwest::Client::new()
+        .get(format!("{url}?filter=owner%3Dx"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let anonymous = reqwest::Client::new().get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
+
+#[tokio::test]
+async fn connect_server_streaming_sends_enveloped_events_and_an_end_of_stream() {
+    let app = CaseSvc::start(|_| {}).await;
+    let mut alice = As::user(&app, "alice").await;
+    let url = format!(
+        "http://{}/casebook.cases.v1.CaseService/WatchCases",
+        app.addr()
+    );
+    let envelope = |payload: &[u8]| {
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        framed.extend_from_slice(payload);
+        framed
+    };
+    let mut response = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&alice.token)
+        .header("content-type", "application/connect+json")
+        .header("connect-protocol-version", "1")
+        .body(envelope(b"{}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/connect+json"
+    );
+    let mut buffer = Vec::new();
+    let mut next = async || loop {
+        if buffer.len() >= 5 {
+            let length = u32::from_be_bytes(buffer[1..5].try_into().unwrap()) as usize;
+            if buffer.len() >= 5 + length {
+                let flags = buffer[0];
+                let message: serde_json::Value =
+                    serde_json::from_slice(&buffer[5..5 + length]).unwrap();
+                buffer.drain(..5 + length);
+                return (flags, message);
+            }
+        }
+        let chunk = tokio::time::timeout(STEP, response.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        buffer.extend_from_slice(&chunk);
+    };
+    let (flags, position) = next().await;
+    assert_eq!(flags, 0);
+    assert!(position["event"].is_null() && position["resumeToken"].is_string());
+    let made = alice.create("over Connect").await;
+    let (_, message) = next().await;
+    assert_eq!(message["event"]["case"], made.name.as_str());
+
+    // Errors travel in the end-of-stream envelope, with HTTP 200.
+    let refused = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&alice.token)
+        .header("content-type", "application/connect+json")
+        .body(envelope(br#"{"resumeToken":"forged"}"#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 200);
+    let body = refused.bytes().await.unwrap();
+    assert_eq!(body[0], 0b10, "the end-of-stream flag");
+    let end: serde_json::Value = serde_json::from_slice(&body[5..]).unwrap();
+    assert_eq!(end["error"]["code"], "invalid_argument");
+}
+
+#[tokio::test]
+async fn grpc_web_streams_through_the_gateway_outlive_the_call_ceiling_until_their_own() {
+    let stack = common::GatewayStack::start_configured(
+        1,
+        |c| c.watch_heartbeat = Duration::from_millis(100),
+        |g| {
+            g.max_call_timeout = Duration::from_millis(300);
+            g.max_stream_duration = Duration::from_millis(1500);
+        },
+    )
+    .await;
+    let token = stack.env.user("alice").await;
+    let mut alice = As {
+        client: stack.cases[0].client().await,
+        token: token.clone(),
+    };
+    let position = alice.watch("", "").await.token;
+    let made = alice.create("seen from the browser").await;
+    let request = WatchCasesRequest {
+        filter: String::new(),
+        resume_token: position,
+    };
+    let authorization = format!("Bearer {token}");
+    let reply = common::grpc_web(
+        stack.addr(),
+        "/casebook.cases.v1.CaseService/WatchCases",
+        &request,
+        &[("authorization", &authorization)],
+        false,
+    )
+    .await;
+    let messages: Vec<WatchCasesResponse> = reply
+        .messages
+        .iter()
+        .map(|m| prost::Message::decode(m.clone()).unwrap())
+        .collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.event.as_ref().is_some_and(|e| e.r#case == made.name)),
+        "{messages:?}"
+    );
+    let heartbeats = messages.iter().filter(|m| m.event.is_none()).count();
+    assert!(
+        heartbeats >= 5,
+        "heartbeats kept coming past the 300 ms call ceiling: {heartbeats}"
+    );
+    assert_eq!(reply.grpc_status(), Some(Code::DeadlineExceeded as i32));
+}

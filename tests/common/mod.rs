@@ -895,11 +895,21 @@ pub struct GatewayStack {
 
 impl GatewayStack {
     pub async fn start(case_replicas: usize, configure: impl FnOnce(&mut gateway::Config)) -> Self {
+        Self::start_configured(case_replicas, |_| {}, configure).await
+    }
+
+    /// As [`GatewayStack::start`], with every case-svc replica's settings
+    /// adjusted by `configure_cases`.
+    pub async fn start_configured(
+        case_replicas: usize,
+        configure_cases: impl Fn(&mut case_svc::Config),
+        configure: impl FnOnce(&mut gateway::Config),
+    ) -> Self {
         let env = Arc::new(TestEnv::new(Issuer::single(Algorithm::EdDsa)).await);
         let auth = AuthSvc::start_in(Arc::clone(&env), |_| {}).await;
         let mut cases = Vec::new();
         for _ in 0..case_replicas {
-            cases.push(CaseSvc::start_in(Arc::clone(&env), |_| {}).await);
+            cases.push(CaseSvc::start_in(Arc::clone(&env), &configure_cases).await);
         }
         let case_urls: Vec<String> = cases
             .iter()

@@ -46,7 +46,7 @@ const DESCRIPTOR_SETS: [&[u8]; 4] = [
 
 /// Request headers browsers may send: grpc-web's, Connect's, and the HTTP
 /// semantics of the REST routes (preconditions, idempotency keys).
-const CORS_ALLOWED_HEADERS: [&str; 11] = [
+const CORS_ALLOWED_HEADERS: [&str; 12] = [
     "authorization",
     "content-type",
     "x-grpc-web",
@@ -58,6 +58,8 @@ const CORS_ALLOWED_HEADERS: [&str; 11] = [
     "if-none-match",
     "idempotency-key",
     "x-request-id",
+    // A reconnecting event stream's resume point (sent by fetch-based SSE clients).
+    "last-event-id",
 ];
 /// Response headers a browser client must be able to read.
 const CORS_EXPOSED_HEADERS: [&str; 7] = [
@@ -249,7 +251,7 @@ impl GrpcServer {
         let service = tower::ServiceBuilder::new()
             // Answers browser preflights before anything else looks at them.
             .layer(cors)
-            // REST and Connect become unary gRPC calls through everything below.
+            // REST, SSE and Connect become gRPC calls through everything below.
             .layer(TranscodeLayer::new(api))
             // grpc-web becomes plain gRPC, so everything inside sees one protocol.
             .layer(tonic_web::GrpcWebLayer::new())

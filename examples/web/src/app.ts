@@ -1,6 +1,9 @@
 // The example page: sign-in token in, cases out. Configuration comes from the
-// URL fragment so tokens never reach a server log: #token=<jwt>&gateway=<url>.
+// URL fragment so tokens never reach a server log:
+// #token=<jwt>&gateway=<url>[&live=grpc-web|sse]. With `live`, the list
+// follows WatchCases and re-reads itself whenever a case changes anywhere.
 import { casebook, describe } from "./client";
+import { follow, type Protocol } from "./live";
 import { Case_Type, type Case } from "./gen/casebook/cases/v1/cases_pb";
 
 const params = new URLSearchParams(location.hash.slice(1));
@@ -59,4 +62,16 @@ $("create").onclick = () =>
     await refresh(showDeleted());
   });
 $("list").onclick = () => run(() => refresh(showDeleted()));
+
+const live = params.get("live");
+if (live === "grpc-web" || live === "sse") {
+  void run(() => refresh(showDeleted()));
+  void follow({
+    gateway,
+    token: () => tokenInput.value.trim() || undefined,
+    protocol: live as Protocol,
+    onChange: () => void run(() => refresh(showDeleted())),
+    onState: (state) => ($("live").textContent = `${state} (${live})`),
+  });
+}
 $("ready").textContent = "ready";

@@ -119,6 +119,21 @@ try {
   await tab.locator("#cases li", { hasText: /^Filed from Chromium Delete$/ }).waitFor();
   console.log("ok DeleteCase + UndeleteCase");
 
+  // Live updates: a page following WatchCases shows another tab's edit
+  // without a reload, over grpc-web and over Server-Sent Events.
+  for (const live of ["grpc-web", "sse"]) {
+    const watcher = await browser.newPage();
+    watcher.on("console", (message) => console.log(`[${live} page] ${message.text()}`));
+    await watcher.goto(`${pageOrigin}/#token=${token}&gateway=http://127.0.0.1:${gatewayPort}&live=${live}`);
+    await watcher.locator("#live").filter({ hasText: `live (${live})` }).waitFor();
+    const title = `Typed in another tab (${live})`;
+    await tab.fill("#title", title);
+    await tab.click("#create");
+    await watcher.locator("#cases li", { hasText: title }).waitFor({ timeout: 10000 });
+    console.log(`ok live updates over ${live}: the other tab's case appeared`);
+    await watcher.close();
+  }
+
   // A bad token: the page shows the code and the ErrorInfo reason.
   await tab.fill("#token", "not-a-jwt");
   await tab.click("#whoami");

@@ -200,14 +200,14 @@ pub fn grpc_web_outcome(headers: &http::HeaderMap, mut body: &[u8]) -> Result<()
     }
 }
 
-async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<Channel> {
+pub async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<Channel> {
     Ok(Channel::from_shared(format!("http://{addr}"))?
         .tcp_nodelay(true)
         .connect()
         .await?)
 }
 
-fn bearer<T>(message: T, token: &str) -> Request<T> {
+pub fn bearer<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     if let Ok(value) = format!("Bearer {token}").parse() {
         request.metadata_mut().insert("authorization", value);

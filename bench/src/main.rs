@@ -10,6 +10,7 @@ mod cold_start;
 mod load;
 mod stats;
 mod system;
+mod watch;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -63,6 +64,19 @@ struct Cli {
     /// start → SERVING and the first call (0: skip).
     #[arg(long, default_value_t = 0)]
     cold_starts: usize,
+    /// Open this many WatchCases streams (spread over the seeded users) and
+    /// measure commit-to-delivery latency under steady writes (0: skip).
+    #[arg(long, default_value_t = 0)]
+    watchers: usize,
+    /// UpdateCase calls per second during the watch run.
+    #[arg(long, default_value_t = 500.0)]
+    watch_rate: f64,
+    /// Watch on a second case-svc replica while writing on the first.
+    #[arg(long)]
+    watch_across_replicas: bool,
+    /// Run only the watch scenario (and its setup).
+    #[arg(long)]
+    watch_only: bool,
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -81,12 +95,16 @@ struct Report {
     rss_mib_max_under_load: Option<(f64, f64)>,
     rows: Vec<Summary>,
     cold_starts: Vec<cold_start::ColdStart>,
+    watch: Option<watch::WatchReport>,
+    rss_mib_case_svc_with_watchers: Option<f64>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let scenarios = if cli.scenarios.is_empty() {
+    let scenarios = if cli.watch_only {
+        Vec::new()
+    } else if cli.scenarios.is_empty() {
         vec![
             Scenario::Noop,
             Scenario::VerifyToken,
@@ -168,6 +186,34 @@ async fn main() -> anyhow::Result<()> {
             .map(|(before, after)| (after - before) * 1e6 / summary.ok as f64);
         rows.push(summary);
     }
+    let mut watch_rss = None;
+    let watch = if cli.watchers > 0 {
+        let replica = match cli.watch_across_replicas {
+            true => Some(system.launcher.spawn(
+                "case-svc",
+                "CASE_SVC_ADDR",
+                &system::WATCH_LIMITS.map(|(k, v)| (k, v.to_owned())),
+            )?),
+            false => None,
+        };
+        if let Some(replica) = &replica {
+            system::wait_serving(replica.addr).await?;
+        }
+        let watched = replica.as_ref().unwrap_or(&system.cases);
+        let options = watch::WatchOptions {
+            watchers: cli.watchers,
+            rate: cli.watch_rate,
+            duration: cli.duration,
+            streams_per_connection: 100,
+        };
+        let report = watch::run(watched.addr, system.cases.addr, &fixture, &options, || {
+            watch_rss = watched.rss_mib();
+        })
+        .await?;
+        Some(report)
+    } else {
+        None
+    };
     let eddsa = baseline::eddsa_verifies_per_second(Duration::from_secs(2))?;
     let cold_starts = match fixture.users.first() {
         Some((token, cases)) if cli.cold_starts > 0 && !cases.is_empty() => {
@@ -217,6 +263,21 @@ async fn main() -> anyhow::Result<()> {
             cold_starts.len()
         );
     }
+    if let Some(watch) = &watch {
+        println!(
+            "\nwatch: {} streams{}, {:.0} writes/s asked, {} writes, {}/{} deliveries; commit → delivery p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; case-svc RSS with the streams open {}",
+            watch.watchers,
+            if watch.across_replicas { " on another replica" } else { "" },
+            watch.target_rate,
+            watch.writes,
+            watch.deliveries,
+            watch.expected_deliveries,
+            watch.p50_ms,
+            watch.p99_ms,
+            watch.max_ms,
+            watch_rss.map_or("unknown".to_owned(), |mib| format!("{mib:.1} MiB")),
+        );
+    }
     if let Some(path) = &cli.json {
         let report = Report {
             concurrency: cli.concurrency,
@@ -230,6 +291,8 @@ async fn main() -> anyhow::Result<()> {
             rss_mib_max_under_load: Some(peak),
             rows,
             cold_starts,
+            watch,
+            rss_mib_case_svc_with_watchers: watch_rss,
         };
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }

@@ -133,7 +133,11 @@ impl System {
             max_concurrent_calls: options.max_concurrent_calls,
         };
         let auth = launcher.spawn("auth-svc", "AUTH_SVC_ADDR", &[])?;
-        let cases = launcher.spawn("case-svc", "CASE_SVC_ADDR", &[])?;
+        let cases = launcher.spawn(
+            "case-svc",
+            "CASE_SVC_ADDR",
+            &WATCH_LIMITS.map(|(k, v)| (k, v.to_owned())),
+        )?;
         let gateway = launcher.spawn(
             "gateway",
             "GATEWAY_ADDR",
@@ -157,6 +161,10 @@ impl System {
         })
     }
 }
+
+/// Room for the watch scenario's streams: 10,000 is beyond case-svc's
+/// default MAX_CONCURRENT_STREAMS (1,024), which an operator raises the same way.
+pub const WATCH_LIMITS: [(&str, &str); 1] = [("MAX_CONCURRENT_STREAMS", "20000")];
 
 /// Starts service processes against the system's issuer and database.
 pub struct Launcher {
@@ -204,7 +212,8 @@ impl Launcher {
     }
 }
 
-async fn wait_serving(addr: SocketAddr) -> anyhow::Result<()> {
+/// Waits until the service at `addr` reports SERVING.
+pub async fn wait_serving(addr: SocketAddr) -> anyhow::Result<()> {
     for _ in 0..200 {
         if casebook::server::check_health(addr, false).await.is_ok() {
             return Ok(());

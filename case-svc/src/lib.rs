@@ -64,7 +64,7 @@ pub struct Config {
     #[arg(long, env = "WATCH_POLL_INTERVAL", value_parser = duration, default_value = "10s")]
     pub watch_poll_interval: Duration,
     /// Events a watch stream may fall behind before it is cut off with RESOURCE_EXHAUSTED (it resumes).
-    #[arg(long, env = "WATCH_BUFFER", default_value_t = 256)]
+    #[arg(long, env = "WATCH_BUFFER", default_value_t = 64)]
     pub watch_buffer: usize,
     /// Open WatchCases streams per user (per process).
     #[arg(long, env = "MAX_WATCHES_PER_USER", default_value_t = 32)]

@@ -18,22 +18,10 @@ use prost_types::FieldMask;
 use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt;
 
-type Client = CaseServiceClient<Channel>;
-
 /// A client acting as one user.
-struct As {
-    client: Client,
-    token: String,
-}
+use common::CaseUser as As;
 
 impl As {
-    async fn user(app: &CaseSvc, id: &str) -> Self {
-        Self {
-            client: app.client().await,
-            token: app.user(id).await,
-        }
-    }
-
     fn draft(title: &str) -> Case {
         Case {
             title: title.to_owned(),

@@ -18,25 +18,13 @@ use common::{CaseSvc, TestEnv, assert_reason, bearer};
 use prost_types::FieldMask;
 use tonic::{Code, Streaming, transport::Channel};
 
-type Client = CaseServiceClient<Channel>;
-
 /// The longest any single step may take before the test fails.
 const STEP: Duration = Duration::from_secs(15);
 
 /// A client acting as one user.
-struct As {
-    client: Client,
-    token: String,
-}
+use common::CaseUser as As;
 
 impl As {
-    async fn user(app: &CaseSvc, id: &str) -> Self {
-        Self {
-            client: app.client().await,
-            token: app.user(id).await,
-        }
-    }
-
     async fn create(&mut self, title: &str) -> Case {
         let case = Case {
             title: title.to_owned(),

@@ -267,7 +267,11 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "\nwatch: {} streams{}, {:.0} writes/s asked, {} writes, {}/{} deliveries; commit → delivery p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; case-svc RSS with the streams open {}",
             watch.watchers,
-            if watch.across_replicas { " on another replica" } else { "" },
+            if watch.across_replicas {
+                " on another replica"
+            } else {
+                ""
+            },
             watch.target_rate,
             watch.writes,
             watch.deliveries,

@@ -67,7 +67,9 @@ pub async fn run(
     opened: impl FnOnce(),
 ) -> anyhow::Result<WatchReport> {
     let users = fixture.users.len().max(1);
-    let connections = options.watchers.div_ceil(options.streams_per_connection.max(1));
+    let connections = options
+        .watchers
+        .div_ceil(options.streams_per_connection.max(1));
     let mut channels = Vec::new();
     for _ in 0..connections.max(1) {
         channels.push(crate::load::connect(watch_at).await?);

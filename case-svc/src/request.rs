@@ -97,7 +97,7 @@ impl TryFrom<CreateCaseRequest> for NewCase {
         let idempotency_key = IdempotencyKey::parse(&request.request_id, &mut violations);
         let Some(case) = request.case else {
             violations.add("case", "required: the case to create");
-            return Err(violations.into_error());
+            return violations.finish(None);
         };
         let title = violations.check(Title::parse(&case.title, "case.title"));
         let description =
@@ -108,18 +108,14 @@ impl TryFrom<CreateCaseRequest> for NewCase {
             violations.check(parse_status(case.status, "case.status"))
         };
         let kind = violations.check(parse_type(case.r#type, "case.type"));
-        match (title, description, status, kind) {
-            (Some(title), Some(description), Some(status), Some(kind)) if violations.is_empty() => {
-                Ok(Self {
-                    title,
-                    description,
-                    status,
-                    kind,
-                    idempotency_key,
-                })
-            }
-            _ => Err(violations.into_error()),
-        }
+        let new = title.zip(description).zip(status.zip(kind));
+        violations.finish(new.map(|((title, description), (status, kind))| Self {
+            title,
+            description,
+            status,
+            kind,
+            idempotency_key,
+        }))
     }
 }
 
@@ -249,10 +245,7 @@ impl TryFrom<UpdateCaseRequest> for Update {
                 }
             }
         }
-        match target {
-            Some(target) if violations.is_empty() => Ok(Self { target, patch }),
-            _ => Err(violations.into_error()),
-        }
+        violations.finish(target.map(|target| Self { target, patch }))
     }
 }
 
@@ -277,13 +270,10 @@ impl TryFrom<DeleteCaseRequest> for Delete {
             "etag",
             &mut violations,
         );
-        match target {
-            Some(target) => Ok(Self {
-                target,
-                allow_missing: request.allow_missing,
-            }),
-            None => Err(violations.into_error()),
-        }
+        violations.finish(target.map(|target| Self {
+            target,
+            allow_missing: request.allow_missing,
+        }))
     }
 }
 
@@ -292,14 +282,14 @@ impl TryFrom<UndeleteCaseRequest> for Target {
 
     fn try_from(request: UndeleteCaseRequest) -> Result<Self, CaseError> {
         let mut violations = Violations::default();
-        Target::parse(
+        let target = Target::parse(
             &request.name,
             "name",
             &request.etag,
             "etag",
             &mut violations,
-        )
-        .ok_or_else(|| violations.into_error())
+        );
+        violations.finish(target)
     }
 }
 
@@ -420,16 +410,13 @@ impl TryFrom<ListCasesRequest> for ListQuery {
             Order::parse(&request.order_by)
                 .map_err(|e| tonic_types::FieldViolation::new("order_by", e)),
         );
-        match (filter, order) {
-            (Some(filter), Some(order)) if violations.is_empty() => Ok(Self {
-                filter,
-                order,
-                show_deleted: request.show_deleted,
-                page_size,
-                page_token: request.page_token,
-            }),
-            _ => Err(violations.into_error()),
-        }
+        violations.finish(filter.zip(order).map(|(filter, order)| Self {
+            filter,
+            order,
+            show_deleted: request.show_deleted,
+            page_size,
+            page_token: request.page_token,
+        }))
     }
 }
 
@@ -482,14 +469,11 @@ impl TryFrom<ListCaseEventsRequest> for HistoryQuery {
         let mut violations = Violations::default();
         let page_size = PageSize::parse(request.page_size, &mut violations);
         let case = violations.check(CaseId::parse_name(&request.parent, "parent"));
-        match case {
-            Some(case) if violations.is_empty() => Ok(Self {
-                case,
-                page_size,
-                page_token: request.page_token,
-            }),
-            _ => Err(violations.into_error()),
-        }
+        violations.finish(case.map(|case| Self {
+            case,
+            page_size,
+            page_token: request.page_token,
+        }))
     }
 }
 

@@ -155,14 +155,13 @@ impl Violations {
         self.0.push(FieldViolation::new(field, description));
     }
 
-    /// Whether nothing was recorded.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// The error naming every violation.
-    pub fn into_error(self) -> crate::error::CaseError {
-        crate::error::CaseError::Invalid(self.0)
+    /// `value` when nothing was recorded (a value whose parts all parsed),
+    /// otherwise the error naming every violation.
+    pub fn finish<T>(self, value: Option<T>) -> Result<T, crate::error::CaseError> {
+        match value {
+            Some(value) if self.0.is_empty() => Ok(value),
+            _ => Err(crate::error::CaseError::Invalid(self.0)),
+        }
     }
 }
 

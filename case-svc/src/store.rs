@@ -210,11 +210,7 @@ impl CaseStore {
             fetch_optional
         )?;
         if let Some(row) = inserted {
-            write
-                .commit(Some(caller), Kind::Created, &row, &changes(None, &row))
-                .await?;
-            self.feeds.wake(&caller.owner);
-            return Ok(row);
+            return self.commit(write, caller, Kind::Created, None, row).await;
         }
         // Only a used idempotency key makes the insert do nothing.
         Ok(sql!(
@@ -284,16 +280,8 @@ impl CaseStore {
             query_as,
             fetch_one
         )?;
-        write
-            .commit(
-                Some(caller),
-                Kind::Updated,
-                &row,
-                &changes(Some(&current), &row),
-            )
-            .await?;
-        self.feeds.wake(&caller.owner);
-        Ok(row)
+        self.commit(write, caller, Kind::Updated, Some(&current), row)
+            .await
     }
 
     /// Soft-deletes a live case; it is purged `retention` later. With
@@ -339,15 +327,9 @@ impl CaseStore {
             query_as,
             fetch_one
         )?;
-        write
-            .commit(
-                Some(caller),
-                Kind::Deleted,
-                &row,
-                &changes(Some(&current), &row),
-            )
+        let row = self
+            .commit(write, caller, Kind::Deleted, Some(&current), row)
             .await?;
-        self.feeds.wake(&caller.owner);
         Ok(Some(row))
     }
 
@@ -371,16 +353,25 @@ impl CaseStore {
             query_as,
             fetch_one
         )?;
+        self.commit(write, caller, Kind::Undeleted, Some(&current), row)
+            .await
+    }
+
+    /// Commits `write` with the event of `caller`'s change (`kind`, from
+    /// `before` to `after`), then wakes the owner's watchers.
+    async fn commit(
+        &self,
+        write: EventWrite,
+        caller: &Caller,
+        kind: Kind,
+        before: Option<&CaseRow>,
+        after: CaseRow,
+    ) -> Result<CaseRow, CaseError> {
         write
-            .commit(
-                Some(caller),
-                Kind::Undeleted,
-                &row,
-                &changes(Some(&current), &row),
-            )
+            .commit(Some(caller), kind, &after, &changes(before, &after))
             .await?;
         self.feeds.wake(&caller.owner);
-        Ok(row)
+        Ok(after)
     }
 
     /// Removes soft-deleted cases whose purge time has passed, each with its

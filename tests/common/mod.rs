@@ -650,6 +650,23 @@ impl CaseSvc {
     }
 }
 
+/// A case-svc client acting as one user; each suite adds the calls it makes
+/// in its own `impl` block.
+pub struct CaseUser {
+    pub client: casebook::pb::casebook::cases::v1::case_service_client::CaseServiceClient<Channel>,
+    pub token: String,
+}
+
+impl CaseUser {
+    /// Inserts Better Auth user `id` and returns a client with a token for it.
+    pub async fn user(app: &CaseSvc, id: &str) -> Self {
+        Self {
+            client: app.client().await,
+            token: app.user(id).await,
+        }
+    }
+}
+
 /// The service binary `name` (`auth-svc`, `case-svc`, `gateway`), built on
 /// demand: the test harness builds only this package. The cargo and the
 /// target directory are the ones that built this test (compile-time facts),

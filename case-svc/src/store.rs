@@ -120,16 +120,23 @@ pub struct CaseStore {
 impl CaseStore {
     /// Checks Better Auth's tables exist, then migrates. On PostgreSQL sqlx's
     /// migrator holds an advisory lock, so replicas starting together migrate
-    /// once. SQLite has no such lock: there the loser of a race fails its
-    /// transaction, and simply runs the migrator again, which then finds
-    /// everything applied. Every committed change wakes `feeds`.
+    /// once. SQLite has no such lock: there the loser of a race fails that
+    /// migration's transaction, and simply runs the migrator again, which
+    /// then finds it applied. Every committed change wakes `feeds`.
     pub async fn open(db: Database, feeds: Arc<Feeds>) -> Result<Self, OpenError> {
         casebook::db::users::UserDirectory::open(db.clone()).await?;
         match db.pool() {
             Pool::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
             Pool::Sqlite(pool) => {
-                if SQLITE_MIGRATIONS.run(pool).await.is_err() {
-                    SQLITE_MIGRATIONS.run(pool).await?;
+                // Each failure means another process applied that migration,
+                // so every attempt gets further: one more than there are
+                // migrations always suffices.
+                let mut attempts = SQLITE_MIGRATIONS.iter().count();
+                while let Err(error) = SQLITE_MIGRATIONS.run(pool).await {
+                    if attempts == 0 {
+                        return Err(error.into());
+                    }
+                    attempts -= 1;
                 }
             }
         }

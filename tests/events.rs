@@ -566,7 +566,11 @@ async fn watches_past_the_per_user_limit_are_refused_and_others_are_not() {
 
 #[tokio::test]
 async fn a_consumer_that_stops_reading_is_cut_off_and_resumes_where_it_was() {
-    let app = CaseSvc::start(|c| c.watch_buffer = 4).await;
+    let app = CaseSvc::start(|c| {
+        c.watch_buffer = 4;
+        c.watch_heartbeat = Duration::from_millis(200);
+    })
+    .await;
     let mut alice = As::user(&app, "alice").await;
     // A client whose HTTP/2 window holds only a few events.
     let channel = Channel::from_shared(format!("http://{}", app.addr()))
@@ -590,6 +594,15 @@ async fn a_consumer_that_stops_reading_is_cut_off_and_resumes_where_it_was() {
     for n in 0..60 {
         made.push(alice.create(&format!("burst {n}")).await.name);
     }
+    // The client reads nothing until the server has given up on it.
+    let cut_off = common::eventually(STEP, async || {
+        app.metrics
+            .render()
+            .lines()
+            .any(|l| l.starts_with("casebook_watch_slow_consumers_total") && l.ends_with(" 1.0"))
+    })
+    .await;
+    assert!(cut_off);
     let mut received = Vec::new();
     let ended = loop {
         match slow.next().await {
@@ -604,12 +617,6 @@ async fn a_consumer_that_stops_reading_is_cut_off_and_resumes_where_it_was() {
         received.push(resumed.event().await.r#case);
     }
     assert_eq!(received, made, "every event once, in order");
-    let text = app.metrics.render();
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("casebook_watch_slow_consumers_total") && l.ends_with(" 1.0")),
-        "{text}"
-    );
 }
 
 /// PostgreSQL only: replicas share one database, and a commit on one

@@ -47,12 +47,12 @@ pub enum CaseError {
         /// `MAX_WATCHES_PER_USER`.
         limit: usize,
     },
-    /// The client read events more slowly than they were written.
+    /// The client stopped reading: its queue stayed full for a heartbeat period.
     #[error(
-        "this stream fell more than {buffered} events behind; reconnect with the last resume token"
+        "{buffered} messages waited for this stream's client for a whole heartbeat period; reconnect with the last resume token"
     )]
     SlowConsumer {
-        /// How many events were waiting for the client.
+        /// How many messages were waiting for the client.
         buffered: usize,
     },
     /// The server is shutting down; another replica (or this one, restarted) continues.

@@ -63,7 +63,8 @@ pub struct Config {
     /// longest a lost notification can delay an event.
     #[arg(long, env = "WATCH_POLL_INTERVAL", value_parser = duration, default_value = "10s")]
     pub watch_poll_interval: Duration,
-    /// Events a watch stream may fall behind before it is cut off with RESOURCE_EXHAUSTED (it resumes).
+    /// Messages a watch stream queues for its client; a queue that stays full for a
+    /// heartbeat period cuts the stream off with RESOURCE_EXHAUSTED (it resumes).
     #[arg(long, env = "WATCH_BUFFER", default_value_t = 64)]
     pub watch_buffer: usize,
     /// Open WatchCases streams per user (per process).

@@ -8,12 +8,11 @@
 //! Because an owner's events commit in `seq` order (see `events`), reading
 //! `seq > position` never skips one that commits later.
 //!
-//! Following the feed never waits on the client: messages queue in a channel
-//! of `WATCH_BUFFER`, and a client that lets it fill is cut off with
-//! `RESOURCE_EXHAUSTED`; it resumes with its last token. Catch-up reads the
-//! table only as fast as the client reads, so it waits instead. A stream the
-//! feed outran (while it caught up) simply catches up again: the table is
-//! the buffer, and it is already there.
+//! Messages queue for the client in a channel of `WATCH_BUFFER`. When it is
+//! full the stream waits, at most one heartbeat period: a client that takes
+//! nothing for that long is cut off with `RESOURCE_EXHAUSTED` and resumes with
+//! its last token. A stream the feed outran meanwhile simply catches up from
+//! the table: the table is the buffer, and it is already there.
 
 use std::{
     pin::Pin,
@@ -107,15 +106,6 @@ struct Running {
     expires: tokio::time::Instant,
 }
 
-/// Whether a message may wait for the client.
-#[derive(Clone, Copy)]
-enum Pace {
-    /// Following the feed: the client must keep up.
-    Live,
-    /// Reading the table: as fast as the client reads.
-    Wait,
-}
-
 /// Why a stream ends: a status for the client, or nobody left to tell.
 enum End {
     Status(Status),
@@ -140,7 +130,7 @@ impl Running {
     async fn follow(&mut self) -> End {
         // A stream opened "from now" learns its position at once, so it can
         // resume with no gap even if it drops before anything happens.
-        if let Err(end) = self.send(None, Pace::Wait).await {
+        if let Err(end) = self.send(None).await {
             return end;
         }
         if let Err(end) = self.catch_up().await {
@@ -159,7 +149,7 @@ impl Running {
             };
             let step = match received {
                 Some(received) => self.receive(received).await,
-                None => self.send(None, Pace::Live).await,
+                None => self.send(None).await,
             };
             if let Err(end) = step {
                 return end;
@@ -170,7 +160,7 @@ impl Running {
     async fn receive(&mut self, received: Result<Arc<EventRow>, RecvError>) -> Result<(), End> {
         match received {
             Ok(row) if row.seq <= self.position => Ok(()),
-            Ok(row) if row.seq == self.position + 1 => self.deliver(&row, Pace::Live).await,
+            Ok(row) if row.seq == self.position + 1 => self.deliver(&row).await,
             // Something between here and there was not broadcast to us, or
             // the feed outran us: the table has it all.
             Ok(_) | Err(RecvError::Lagged(_)) => self.catch_up().await,
@@ -178,7 +168,7 @@ impl Running {
         }
     }
 
-    /// Sends every event in the table after the position, at the client's pace.
+    /// Sends every event in the table after the position.
     async fn catch_up(&mut self) -> Result<(), End> {
         loop {
             let rows = self
@@ -188,7 +178,7 @@ impl Running {
                 .await?;
             let full = rows.len() as i64 == CATCH_UP_BATCH;
             for row in rows {
-                self.deliver(&row, Pace::Wait).await?;
+                self.deliver(&row).await?;
             }
             if !full {
                 return Ok(());
@@ -197,38 +187,37 @@ impl Running {
     }
 
     /// Accounts for `row`: sent if the filter wants it, skipped otherwise.
-    async fn deliver(&mut self, row: &EventRow, pace: Pace) -> Result<(), End> {
+    async fn deliver(&mut self, row: &EventRow) -> Result<(), End> {
         self.position = row.seq;
         let (status, kind) = row.classification()?;
         let (was_status, was_kind) = row.previous_classification()?;
         let filter = &self.watch.filter;
         if filter.matches(status, kind) || filter.matches(was_status, was_kind) {
-            self.send(Some(CaseEvent::try_from(row)?), pace).await?;
+            self.send(Some(CaseEvent::try_from(row)?)).await?;
         }
         Ok(())
     }
 
     /// Queues a message (a heartbeat without an event) at the current
-    /// position. Live messages never wait: a full queue means the client
-    /// stopped reading. Catch-up reads the table only as fast as the client
-    /// reads, so it waits for room.
-    async fn send(&mut self, event: Option<CaseEvent>, pace: Pace) -> Result<(), End> {
+    /// position. When the queue is full the stream waits for the client, but
+    /// not for longer than a heartbeat period: a client that takes nothing
+    /// for that long is cut off. (While it waits, the feed may run ahead of
+    /// it; it then catches up from the table, so waiting loses nothing.)
+    async fn send(&mut self, event: Option<CaseEvent>) -> Result<(), End> {
         let message = WatchCasesResponse {
             event,
             resume_token: self.watch.token(self.position),
         };
-        match pace {
-            Pace::Live => match self.messages.try_send(message) {
-                Ok(()) => Ok(()),
-                Err(mpsc::error::TrySendError::Full(_)) => Err(self.too_slow(self.watch.buffer)),
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(End::ClientGone),
-            },
-            Pace::Wait => tokio::select! {
-                end = interrupted(self.subscription.closing.clone(), self.expires, &self.messages) => {
-                    Err(end)
-                }
-                sent = self.messages.send(message) => sent.map_err(|_| End::ClientGone),
-            },
+        let message = match self.messages.try_send(message) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(End::ClientGone),
+            Err(mpsc::error::TrySendError::Full(message)) => message,
+        };
+        let closing = self.subscription.closing.clone();
+        tokio::select! {
+            end = interrupted(closing, self.expires, &self.messages) => Err(end),
+            sent = self.messages.send(message) => sent.map_err(|_| End::ClientGone),
+            () = tokio::time::sleep(self.watch.heartbeat) => Err(self.too_slow(self.watch.buffer)),
         }
     }
 

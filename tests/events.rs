@@ -898,3 +898,43 @@ async fn grpc_web_streams_through_the_gateway_outlive_the_call_ceiling_until_the
     );
     assert_eq!(reply.grpc_status(), Some(Code::DeadlineExceeded as i32));
 }
+
+#[tokio::test]
+async fn streams_over_http_count_against_their_connections_stream_slots() {
+    use http_body_util::{BodyExt, Full};
+    let app = CaseSvc::start(|c| c.service.server.max_streams_per_connection = 2).await;
+    let alice = As::user(&app, "alice").await;
+    // One HTTP/2 connection, as a browser multiplexes a page's requests.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<bytes::Bytes>>();
+    let open = || {
+        let request = http::Request::post(format!(
+            "http://{}/casebook.cases.v1.CaseService/WatchCases",
+            app.addr()
+        ))
+        .header("authorization", format!("Bearer {}", alice.token))
+        .header("content-type", "application/connect+json")
+        .body(Full::new(bytes::Bytes::from_static(&[
+            0, 0, 0, 0, 2, b'{', b'}',
+        ])))
+        .unwrap();
+        client.request(request)
+    };
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut body = open().await.unwrap().into_body();
+        let first = tokio::time::timeout(STEP, body.frame()).await.unwrap();
+        assert_eq!(
+            first.unwrap().unwrap().into_data().unwrap()[0],
+            0,
+            "a message, not the end"
+        );
+        held.push(body);
+    }
+    let refused = open().await.unwrap().into_body().collect().await.unwrap();
+    let refused = refused.to_bytes();
+    assert_eq!(refused[0], 0b10, "only the end of the stream");
+    let end: serde_json::Value = serde_json::from_slice(&refused[5..]).unwrap();
+    assert_eq!(end["error"]["code"], "resource_exhausted", "{end}");
+}

@@ -9,6 +9,8 @@ use http_body_util::{BodyExt, Full};
 use tonic::{Code, Status};
 use tower::ServiceExt;
 
+use crate::listener::ConnectionStreams;
+
 /// The largest response message a transcoded call reads (a page of cases is far less).
 const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 
@@ -37,14 +39,15 @@ pub struct Reply {
 
 /// Calls the unary method `path` on `inner` with the encoded `message`;
 /// `headers` become the call's metadata (minus those describing the HTTP
-/// exchange).
+/// exchange), and the call takes its stream slot from `connection`.
 pub async fn call<S: super::GrpcStack>(
     inner: S,
     path: &str,
     headers: &HeaderMap,
+    connection: Option<&ConnectionStreams>,
     message: Bytes,
 ) -> Reply {
-    let (headers, mut frames) = match open(inner, path, headers, message).await {
+    let (headers, mut frames) = match open(inner, path, headers, connection, message).await {
         Ok(opened) => opened,
         Err((headers, status)) => {
             return Reply {
@@ -72,6 +75,7 @@ pub async fn open<S: super::GrpcStack>(
     inner: S,
     path: &str,
     headers: &HeaderMap,
+    connection: Option<&ConnectionStreams>,
     message: Bytes,
 ) -> Result<(HeaderMap, Frames), (HeaderMap, Status)> {
     let mut frame = BytesMut::with_capacity(message.len() + 5);
@@ -93,6 +97,9 @@ pub async fn open<S: super::GrpcStack>(
         HeaderValue::from_static("application/grpc"),
     );
     metadata.insert(header::TE, HeaderValue::from_static("trailers"));
+    if let Some(connection) = connection {
+        request.extensions_mut().insert(connection.clone());
+    }
     let Ok(response) = inner.oneshot(request).await;
     let (parts, body) = response.into_parts();
     // A trailers-only answer carries its status in the headers.

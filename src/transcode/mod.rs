@@ -30,6 +30,7 @@ use tower::{Layer, Service};
 
 use crate::{
     body::{self, BodyError, BodyLimits},
+    listener::ConnectionStreams,
     observe::REQUEST_ID,
     rpc_error,
 };
@@ -176,10 +177,13 @@ where
     }
 }
 
-/// What a REST exchange needs to shape its answer.
+/// What a REST exchange needs to shape its answer and make its call.
 struct Exchange<'a> {
     headers: &'a HeaderMap,
     token_sent: bool,
+    /// The connection's stream slots: a transcoded stream counts against them
+    /// as a native one would.
+    connection: Option<&'a ConnectionStreams>,
 }
 
 /// A whole answer as a response body.
@@ -202,6 +206,7 @@ impl HttpApi {
         let exchange = Exchange {
             headers: &parts.headers,
             token_sent: parts.headers.contains_key(header::AUTHORIZATION),
+            connection: parts.extensions.get::<ConnectionStreams>(),
         };
         if parts.method == Method::GET && path == "/openapi.json" {
             return full(json_response(StatusCode::OK, self.openapi.clone()));
@@ -306,7 +311,8 @@ impl HttpApi {
             message.set_field(&field, prost_reflect::Value::String(id.to_owned()));
         }
         let path = route.grpc_path();
-        match grpc::open(inner, &path, headers, message.encode_to_vec().into()).await {
+        let message = message.encode_to_vec().into();
+        match grpc::open(inner, &path, headers, exchange.connection, message).await {
             Ok((call_headers, frames)) => stream::relay(
                 stream::Encoding::ServerSentEvents,
                 &call_headers,
@@ -355,7 +361,8 @@ impl HttpApi {
                 Err(status) => return fail(status),
             }
         };
-        let opened = grpc::open(inner, &routes::grpc_path(method), exchange.headers, message).await;
+        let path = routes::grpc_path(method);
+        let opened = grpc::open(inner, &path, exchange.headers, exchange.connection, message).await;
         drop(held);
         match opened {
             Ok((call_headers, frames)) => stream::relay(
@@ -447,6 +454,7 @@ impl HttpApi {
             inner,
             &route.grpc_path(),
             headers,
+            exchange.connection,
             message.encode_to_vec().into(),
         )
         .await;
@@ -582,7 +590,8 @@ impl HttpApi {
                 Err(status) => return fail(status),
             }
         };
-        let reply = grpc::call(inner, &routes::grpc_path(method), &metadata, message).await;
+        let path = routes::grpc_path(method);
+        let reply = grpc::call(inner, &path, &metadata, exchange.connection, message).await;
         drop(held);
         let response = match reply.result {
             Ok(bytes) if binary => http::Response::builder()

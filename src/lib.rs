@@ -1,6 +1,7 @@
 //! Casebook's shared library: everything the services have in common.
 //!
-//! - [`pb`]: the generated gRPC contracts (never edited by hand);
+//! - [`pb`]: the generated gRPC contracts (never edited by hand), with
+//!   [`codec`], the protobuf codec they use;
 //! - [`auth`]: Better Auth token verification (JWKS cache, verifier, tower layer);
 //! - [`server`]: the bootstrap every service starts through (reflection, health,
 //!   grpc-web + CORS, limits, graceful shutdown);
@@ -15,6 +16,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod codec;
 pub mod config;
 pub mod db;
 pub mod listener;

@@ -12,8 +12,9 @@
 //! cost is that one owner's writes are serialised; different owners never
 //! wait for each other. Watchers only ever follow one owner, their own.
 //!
-//! On PostgreSQL the write also sends `NOTIFY case_events, '<seq> <owner>'`,
-//! delivered at commit to every replica: a wake-up, never the data.
+//! On PostgreSQL a trigger on `case_events` sends `NOTIFY case_events,
+//! '<seq> <owner>'` (see the migration), delivered at commit to every
+//! replica: a wake-up, never the data.
 
 use casebook::{
     auth::UserId,
@@ -36,7 +37,7 @@ use crate::{
     store::{CaseRow, now, sql_time},
 };
 
-/// The PostgreSQL channel every replica listens on.
+/// The PostgreSQL channel every replica listens on (the migration's trigger notifies it).
 pub const CHANNEL: &str = "case_events";
 
 /// One field's change, as stored (JSON in `case_events.changes`).
@@ -193,7 +194,6 @@ static APPEND: Sql = Sql::new(
     "INSERT INTO case_events (user_id, seq, case_id, kind, actor, request_id, status, type, version, changes, created_at) \
      VALUES ($1, $2, $3::uuid, $4, $5, $6, $7::case_status, $8::case_type, $9, $10, $11::timestamptz)",
 );
-static NOTIFY: Sql = Sql::new("SELECT pg_notify($1, $2)");
 static TRIM_CASE: Sql =
     Sql::new("DELETE FROM case_events WHERE user_id = $1 AND case_id = $2::uuid RETURNING seq");
 static RAISE_TRIMMED: Sql = Sql::new(
@@ -262,7 +262,8 @@ impl EventWrite {
 
     /// Records `kind` of `case` (its row after the change, or as it was when
     /// purged) by `caller` (`None`: the service itself), and commits the
-    /// change and its event together. Returns the event's `seq`.
+    /// change and its event together (on PostgreSQL the event's trigger
+    /// notifies every replica at that commit). Returns the event's `seq`.
     pub async fn commit(
         mut self,
         caller: Option<&Caller>,
@@ -292,13 +293,6 @@ impl EventWrite {
             execute,
             |done| done.rows_affected()
         )?;
-        if let Executor::Postgres(connection) = self.transaction.executor() {
-            sqlx::query(sqlx::AssertSqlSafe(NOTIFY.postgres()))
-                .bind(CHANNEL)
-                .bind(format!("{} {}", self.seq, self.owner))
-                .execute(connection)
-                .await?;
-        }
         self.transaction.commit().await?;
         Ok(self.seq)
     }

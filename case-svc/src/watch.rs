@@ -100,7 +100,7 @@ impl Watch {
 struct Running {
     watch: Watch,
     subscription: Subscription,
-    messages: mpsc::Sender<WatchCasesResponse>,
+    messages: mpsc::Sender<Box<WatchCasesResponse>>,
     position: i64,
     /// When the caller's token expires.
     expires: tokio::time::Instant,
@@ -133,7 +133,7 @@ impl Running {
         if let Err(end) = self.send(None).await {
             return end;
         }
-        if let Err(end) = self.catch_up().await {
+        if let Err(end) = Box::pin(self.catch_up()).await {
             return end;
         }
         let period = self.watch.heartbeat;
@@ -163,7 +163,9 @@ impl Running {
             Ok(row) if row.seq == self.position + 1 => self.deliver(&row).await,
             // Something between here and there was not broadcast to us, or
             // the feed outran us: the table has it all.
-            Ok(_) | Err(RecvError::Lagged(_)) => self.catch_up().await,
+            // (Boxed: a database read is a large future, and an idle stream
+            // should not carry room for one.)
+            Ok(_) | Err(RecvError::Lagged(_)) => Box::pin(self.catch_up()).await,
             Err(RecvError::Closed) => Err(CaseError::ShuttingDown.into()),
         }
     }
@@ -204,10 +206,12 @@ impl Running {
     /// for that long is cut off. (While it waits, the feed may run ahead of
     /// it; it then catches up from the table, so waiting loses nothing.)
     async fn send(&mut self, event: Option<CaseEvent>) -> Result<(), End> {
-        let message = WatchCasesResponse {
+        // Boxed: the queue allocates its slots in blocks, and an unboxed
+        // message would make every idle stream's first block kilobytes.
+        let message = Box::new(WatchCasesResponse {
             event,
             resume_token: self.watch.token(self.position),
-        };
+        });
         let message = match self.messages.try_send(message) {
             Ok(()) => return Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(End::ClientGone),
@@ -232,7 +236,7 @@ impl Running {
 async fn interrupted(
     mut closing: watch::Receiver<bool>,
     expires: tokio::time::Instant,
-    messages: &mpsc::Sender<WatchCasesResponse>,
+    messages: &mpsc::Sender<Box<WatchCasesResponse>>,
 ) -> End {
     tokio::select! {
         _ = closing.wait_for(|closing| *closing) => CaseError::ShuttingDown.into(),
@@ -255,7 +259,7 @@ fn until(expires_at: i64) -> Duration {
 
 /// The response stream: queued messages, then the status the stream ended with.
 pub struct WatchStream {
-    queue: mpsc::Receiver<WatchCasesResponse>,
+    queue: mpsc::Receiver<Box<WatchCasesResponse>>,
     ended: Option<oneshot::Receiver<Status>>,
 }
 
@@ -264,7 +268,7 @@ impl Stream for WatchStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match self.queue.poll_recv(cx) {
-            Poll::Ready(Some(message)) => Poll::Ready(Some(Ok(message))),
+            Poll::Ready(Some(message)) => Poll::Ready(Some(Ok(*message))),
             Poll::Pending => Poll::Pending,
             // The task is done, and it sent its status before letting go of the queue.
             Poll::Ready(None) => Poll::Ready(

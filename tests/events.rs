@@ -938,3 +938,25 @@ async fn streams_over_http_count_against_their_connections_stream_slots() {
     let end: serde_json::Value = serde_json::from_slice(&refused[5..]).unwrap();
     assert_eq!(end["error"]["code"], "resource_exhausted", "{end}");
 }
+
+#[tokio::test]
+async fn an_event_stream_that_fails_after_it_started_ends_with_an_error_event() {
+    let stack = common::GatewayStack::start(1, |g| {
+        g.max_stream_duration = Duration::from_millis(500);
+    })
+    .await;
+    let token = stack.env.user("alice").await;
+    let url = format!("http://{}/v1/cases:watch", stack.addr());
+    let mut events = EventStream::open(&url, &token, None).await;
+    let position = events.next().await;
+    assert!(!position.id.is_empty());
+    let failure = loop {
+        let event = events.next().await;
+        if event.kind == "error" {
+            break event;
+        }
+    };
+    let error: serde_json::Value = serde_json::from_str(&failure.data).unwrap();
+    assert_eq!(error["error"]["status"], "DEADLINE_EXCEEDED", "{error}");
+    assert_eq!(error["error"]["code"], 504);
+}

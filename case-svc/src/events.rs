@@ -12,9 +12,9 @@
 //! cost is that one owner's writes are serialised; different owners never
 //! wait for each other. Watchers only ever follow one owner, their own.
 //!
-//! On PostgreSQL a trigger on `case_events` sends `NOTIFY case_events,
-//! '<seq> <owner>'` (see the migration), delivered at commit to every
-//! replica: a wake-up, never the data.
+//! After a commit the store tells `feeds`, which wakes this replica's
+//! watchers of the owner and, on PostgreSQL, announces the change to the
+//! other replicas: a wake-up, never the data.
 
 use casebook::{
     auth::UserId,
@@ -37,7 +37,7 @@ use crate::{
     store::{CaseRow, now, sql_time},
 };
 
-/// The PostgreSQL channel every replica listens on (the migration's trigger notifies it).
+/// The PostgreSQL channel replicas announce changes on and listen to.
 pub const CHANNEL: &str = "case_events";
 
 /// One field's change, as stored (JSON in `case_events.changes`).
@@ -262,8 +262,7 @@ impl EventWrite {
 
     /// Records `kind` of `case` (its row after the change, or as it was when
     /// purged) by `caller` (`None`: the service itself), and commits the
-    /// change and its event together (on PostgreSQL the event's trigger
-    /// notifies every replica at that commit). Returns the event's `seq`.
+    /// change and its event together. Returns the event's `seq`.
     pub async fn commit(
         mut self,
         caller: Option<&Caller>,

@@ -1,8 +1,13 @@
 //! Live delivery: one feed per owner somebody is watching, fed from the log.
 //!
 //! The event table is the truth; everything here is a wake-up. A commit in
-//! this process wakes its owner's feed directly; on PostgreSQL a commit in
-//! any replica also arrives as a `NOTIFY` ([`listen`]). A woken feed reads
+//! this process wakes its owner's feed directly. On PostgreSQL it is also
+//! announced to the other replicas: [`announce`] gathers the owners that
+//! changed for a few milliseconds and sends them in one `NOTIFY` statement
+//! from its own connection, and [`listen`] turns other replicas'
+//! announcements into wake-ups here. Writes never `NOTIFY` themselves:
+//! PostgreSQL serialises the commits of notifying transactions, and a
+//! notification per write costs every replica's listener (docs/benchmarks.md). A woken feed reads
 //! the owner's new events once and broadcasts them to every watcher of that
 //! owner, so a write costs one read however many tabs are open. A feed also
 //! reads every `WATCH_POLL_INTERVAL` without being woken, which bounds how
@@ -14,7 +19,7 @@
 //! far behind is cut off (it resumes from the table).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex, PoisonError, Weak,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -54,6 +59,12 @@ pub struct Feeds {
     log: EventLog,
     settings: FeedSettings,
     feeds: Mutex<HashMap<UserId, Weak<Feed>>>,
+    /// Owners whose changes the other replicas have not been told of yet
+    /// (PostgreSQL only), and the announcer's wake-up.
+    unannounced: Option<Mutex<HashSet<UserId>>>,
+    announce: Notify,
+    /// Tells this replica's announcements from the others'.
+    replica: String,
     closing: watch::Sender<bool>,
     watchers: AtomicUsize,
     slow_consumers: AtomicU64,
@@ -109,10 +120,14 @@ impl Drop for Subscription {
 impl Feeds {
     /// No feeds yet, reading from `db`; reported in `metrics`.
     pub fn new(db: Database, settings: FeedSettings, metrics: &ServerMetrics) -> Arc<Self> {
+        let shared_by_replicas = matches!(db.pool(), Pool::Postgres(_));
         let feeds = Arc::new(Self {
             log: EventLog::new(db),
             settings,
             feeds: Mutex::default(),
+            unannounced: shared_by_replicas.then(Mutex::default),
+            announce: Notify::new(),
+            replica: uuid::Uuid::now_v7().simple().to_string(),
             closing: watch::Sender::new(false),
             watchers: AtomicUsize::new(0),
             slow_consumers: AtomicU64::new(0),
@@ -190,8 +205,19 @@ impl Feeds {
         feed
     }
 
-    /// `owner` committed a change (in this process, or in another replica).
-    pub fn wake(&self, owner: &UserId) {
+    /// `owner` committed a change here: wakes the owner's feed, and queues
+    /// the news for the other replicas.
+    pub fn committed(&self, owner: &UserId) {
+        self.wake(owner);
+        if let Some(unannounced) = &self.unannounced {
+            let mut owners = unannounced.lock().unwrap_or_else(PoisonError::into_inner);
+            owners.insert(owner.clone());
+            self.announce.notify_one();
+        }
+    }
+
+    /// `owner` committed a change (here, or in another replica).
+    fn wake(&self, owner: &UserId) {
         if let Some(feed) = self.find(owner) {
             feed.wake.notify_one();
         }
@@ -292,8 +318,79 @@ async fn follow(
     }
 }
 
-/// On PostgreSQL, turns every replica's commits into wake-ups here, for as
-/// long as the server runs (it owns the returned future). A dropped
+/// How long the announcer gathers owners before it sends them: at most
+/// this many `NOTIFY` statements per second, whatever the write rate, for
+/// that much more latency across replicas.
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(5);
+/// Owners per notification (a payload must stay under PostgreSQL's 8,000 bytes).
+const OWNERS_PER_NOTIFICATION: usize = 100;
+
+/// One notification: which replica, and which owners changed there.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Announcement {
+    #[serde(rename = "r")]
+    replica: String,
+    #[serde(rename = "o")]
+    owners: Vec<String>,
+}
+
+/// On PostgreSQL, tells the other replicas which owners changed here, for
+/// as long as the server runs (it owns the returned future): every
+/// [`ANNOUNCE_EVERY`] at most, one statement with a notification per
+/// [`OWNERS_PER_NOTIFICATION`] owners. A failed batch is logged and dropped;
+/// the other replicas' feeds re-read within `WATCH_POLL_INTERVAL` anyway.
+/// On SQLite it returns at once.
+pub async fn announce(feeds: Arc<Feeds>, db: Database) {
+    static ANNOUNCE: &str =
+        "SELECT count(pg_notify($1, payload)) FROM unnest($2::text[]) AS payload";
+    let (Some(unannounced), Pool::Postgres(pool)) = (&feeds.unannounced, db.pool()) else {
+        return;
+    };
+    let pool = own_connection(pool);
+    loop {
+        feeds.announce.notified().await;
+        tokio::time::sleep(ANNOUNCE_EVERY).await;
+        let owners: Vec<String> = {
+            let mut owners = unannounced.lock().unwrap_or_else(PoisonError::into_inner);
+            owners
+                .drain()
+                .map(|owner| owner.as_str().to_owned())
+                .collect()
+        };
+        let payloads: Vec<String> = owners
+            .chunks(OWNERS_PER_NOTIFICATION)
+            .filter_map(|chunk| {
+                let announcement = Announcement {
+                    replica: feeds.replica.clone(),
+                    owners: chunk.to_vec(),
+                };
+                serde_json::to_string(&announcement).ok()
+            })
+            .collect();
+        if payloads.is_empty() {
+            continue;
+        }
+        let sent = sqlx::query(ANNOUNCE)
+            .bind(CHANNEL)
+            .bind(&payloads)
+            .execute(&pool)
+            .await;
+        if let Err(error) = sent {
+            tracing::warn!(%error, owners = owners.len(), "announcing changes to the other replicas failed");
+        }
+    }
+}
+
+/// A pool of one connection beside the request pool, for work that holds a
+/// connection for good (`LISTEN`) or must not queue behind calls (`NOTIFY`).
+fn own_connection(pool: &sqlx::PgPool) -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with((*pool.connect_options()).clone())
+}
+
+/// On PostgreSQL, turns the other replicas' announcements into wake-ups
+/// here, for as long as the server runs (it owns the returned future). A dropped
 /// connection is re-established and followed by a read of every feed, since
 /// notifications sent meanwhile are gone. On SQLite (one process) it
 /// returns at once: in-process wake-ups are all there is.
@@ -301,11 +398,7 @@ pub async fn listen(feeds: Arc<Feeds>, db: Database) {
     let Pool::Postgres(pool) = db.pool() else {
         return;
     };
-    // Its own connection, outside the request pool: a listener holds one
-    // for good, which would otherwise be a connection calls can never have.
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_lazy_with((*pool.connect_options()).clone());
+    let pool = own_connection(pool);
     loop {
         let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
             Ok(listener) => listener,
@@ -325,9 +418,14 @@ pub async fn listen(feeds: Arc<Feeds>, db: Database) {
         loop {
             match listener.try_recv().await {
                 Ok(Some(notification)) => {
-                    // The payload is "<seq> <owner>"; the seq is for people reading pg logs.
-                    if let Some((_, owner)) = notification.payload().split_once(' ') {
-                        feeds.wake(&UserId::new(owner));
+                    // This replica woke its own feeds at commit.
+                    if let Ok(announced) =
+                        serde_json::from_str::<Announcement>(notification.payload())
+                        && announced.replica != feeds.replica
+                    {
+                        for owner in announced.owners {
+                            feeds.wake(&UserId::new(owner));
+                        }
                     }
                 }
                 Ok(None) => {

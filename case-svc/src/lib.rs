@@ -141,7 +141,8 @@ pub async fn build(config: Config, metrics: &Metrics) -> Result<RunningServer, S
     .serve(listener, async move { keys.wait_until_loaded().await })
     .await?;
     server.own(purge);
-    server.own(feeds::listen(Arc::clone(&feeds), db));
+    server.own(feeds::listen(Arc::clone(&feeds), db.clone()));
+    server.own(feeds::announce(Arc::clone(&feeds), db));
     server.on_shutdown(move || feeds.close());
     Ok(server)
 }

@@ -377,7 +377,7 @@ impl CaseStore {
         write
             .commit(Some(caller), kind, &after, &changes(before, &after))
             .await?;
-        self.feeds.wake(&caller.owner);
+        self.feeds.committed(&caller.owner);
         Ok(after)
     }
 
@@ -425,7 +425,7 @@ impl CaseStore {
                     .map_err(|_| CaseError::CorruptRow(format!("case id {id:?}")))?;
                 write.trim(case).await?;
                 write.commit(None, Kind::Purged, &row, &[]).await?;
-                self.feeds.wake(&owner);
+                self.feeds.committed(&owner);
                 purged += 1;
             }
             if last_batch {

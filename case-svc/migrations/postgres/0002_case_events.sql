@@ -28,16 +28,3 @@ CREATE TABLE case_events (
 
 -- A case's history, newest first.
 CREATE INDEX case_events_case ON case_events (case_id, seq);
-
--- Every committed event wakes every replica's watchers of its owner: the
--- notification is sent at commit, never for a rolled-back change. Its
--- payload is "<seq> <owner>", a hint; the table is what watchers read.
-CREATE FUNCTION case_events_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('case_events', NEW.seq || ' ' || NEW.user_id);
-    RETURN NULL;
-END;
-$$;
-
-CREATE TRIGGER case_events_notify AFTER INSERT ON case_events
-    FOR EACH ROW EXECUTE FUNCTION case_events_notify();

@@ -314,14 +314,17 @@ impl PageSize {
         self.0
     }
 
-    /// Cuts `rows` (read with one extra) to a page; the last row kept, if
-    /// there is a next page to continue after it.
-    fn cut<T>(self, rows: &mut Vec<T>) -> Option<&T> {
-        if rows.len() <= self.0 {
-            return None;
-        }
-        rows.truncate(self.0);
-        rows.last()
+    /// `rows` (read with one extra) cut to a page, and the token `after`
+    /// makes for its last row when there is a next page (else empty).
+    fn page<T>(self, mut rows: Vec<T>, after: impl FnOnce(&T) -> String) -> (Vec<T>, String) {
+        let next = match rows.len() > self.0 {
+            true => {
+                rows.truncate(self.0);
+                rows.last().map(after).unwrap_or_default()
+            }
+            false => String::new(),
+        };
+        (rows, next)
     }
 }
 
@@ -331,8 +334,21 @@ impl Default for PageSize {
     }
 }
 
-fn page_token_error(error: crate::list_query::PageTokenError) -> CaseError {
-    CaseError::invalid("page_token", error.to_string())
+/// The position in a request's `page_token` (`None` for the first page),
+/// if it was issued to `owner` for `query`.
+fn open_page_token<P: serde::de::DeserializeOwned>(
+    tokens: &PageTokens,
+    owner: &UserId,
+    query: &str,
+    token: &str,
+) -> Result<Option<P>, CaseError> {
+    match token {
+        "" => Ok(None),
+        token => tokens
+            .open(owner.as_str(), query, token)
+            .map(Some)
+            .map_err(|error| CaseError::invalid("page_token", error.to_string())),
+    }
 }
 
 /// A parsed `ListCases`: what to list, and where the previous page ended
@@ -368,13 +384,7 @@ impl ListQuery {
     /// Where the previous page ended, from its token (bound to this caller
     /// and this query).
     pub fn cursor(&self, tokens: &PageTokens, owner: &UserId) -> Result<Option<Cursor>, CaseError> {
-        match self.page_token.as_str() {
-            "" => Ok(None),
-            token => tokens
-                .open(owner.as_str(), &self.canonical(), token)
-                .map(Some)
-                .map_err(page_token_error),
-        }
+        open_page_token(tokens, owner, &self.canonical(), &self.page_token)
     }
 
     /// `rows` (read with one extra) cut to a page, and the next page's token.
@@ -382,20 +392,12 @@ impl ListQuery {
         &self,
         tokens: &PageTokens,
         owner: &UserId,
-        mut rows: Vec<CaseRow>,
+        rows: Vec<CaseRow>,
     ) -> (Vec<CaseRow>, String) {
-        let next = self
-            .page_size
-            .cut(&mut rows)
-            .map(|last| {
-                tokens.issue(
-                    owner.as_str(),
-                    &self.canonical(),
-                    last.cursor(self.order.field),
-                )
-            })
-            .unwrap_or_default();
-        (rows, next)
+        self.page_size.page(rows, |last| {
+            let after = last.cursor(self.order.field);
+            tokens.issue(owner.as_str(), &self.canonical(), after)
+        })
     }
 }
 
@@ -438,12 +440,8 @@ impl HistoryQuery {
 
     /// The events to list are older than this `seq` (the previous page's last).
     pub fn before(&self, tokens: &PageTokens, owner: &UserId) -> Result<i64, CaseError> {
-        match self.page_token.as_str() {
-            "" => Ok(i64::MAX),
-            token => tokens
-                .open(owner.as_str(), &self.canonical(), token)
-                .map_err(page_token_error),
-        }
+        let after = open_page_token(tokens, owner, &self.canonical(), &self.page_token)?;
+        Ok(after.unwrap_or(i64::MAX))
     }
 
     /// `rows` (read with one extra) cut to a page, and the next page's token.
@@ -451,14 +449,11 @@ impl HistoryQuery {
         &self,
         tokens: &PageTokens,
         owner: &UserId,
-        mut rows: Vec<EventRow>,
+        rows: Vec<EventRow>,
     ) -> (Vec<EventRow>, String) {
-        let next = self
-            .page_size
-            .cut(&mut rows)
-            .map(|last| tokens.issue(owner.as_str(), &self.canonical(), last.seq))
-            .unwrap_or_default();
-        (rows, next)
+        self.page_size.page(rows, |last| {
+            tokens.issue(owner.as_str(), &self.canonical(), last.seq)
+        })
     }
 }
 

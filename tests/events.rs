@@ -847,6 +847,19 @@ async fn connect_server_streaming_sends_enveloped_events_and_an_end_of_stream() 
     assert_eq!(body[0], 0b10, "the end-of-stream flag");
     let end: serde_json::Value = serde_json::from_slice(&body[5..]).unwrap();
     assert_eq!(end["error"]["code"], "invalid_argument");
+    // The Connect headers mean the same as on unary calls.
+    let refused = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&alice.token)
+        .header("content-type", "application/connect+json")
+        .header("connect-protocol-version", "2")
+        .body(envelope(b"{}"))
+        .send()
+        .await
+        .unwrap();
+    let body = refused.bytes().await.unwrap();
+    let end: serde_json::Value = serde_json::from_slice(&body[5..]).unwrap();
+    assert_eq!(end["error"]["code"], "invalid_argument", "{end}");
 }
 
 #[tokio::test]

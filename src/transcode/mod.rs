@@ -345,6 +345,10 @@ impl HttpApi {
         B: http_body::Body<Data = Bytes, Error: std::fmt::Display>,
     {
         let fail = |status: Status| stream::connect_failure(encoding, &status);
+        let metadata = match connect_metadata(exchange.headers) {
+            Ok(metadata) => metadata,
+            Err(status) => return fail(status),
+        };
         let (bytes, held) = match body::read(body, &self.body).await {
             Ok(read) => read,
             Err(error) => return fail(Status::from(error)),
@@ -362,7 +366,7 @@ impl HttpApi {
             }
         };
         let path = routes::grpc_path(method);
-        let opened = grpc::open(inner, &path, exchange.headers, exchange.connection, message).await;
+        let opened = grpc::open(inner, &path, &metadata, exchange.connection, message).await;
         drop(held);
         match opened {
             Ok((call_headers, frames)) => stream::relay(
@@ -552,32 +556,10 @@ impl HttpApi {
     {
         let headers = exchange.headers;
         let fail = |status: Status| error::connect(&status, exchange.token_sent);
-        if let Some(version) = headers.get("connect-protocol-version")
-            && version != "1"
-        {
-            return fail(rpc_error::with_reason(
-                Code::InvalidArgument,
-                "UNSUPPORTED_PROTOCOL_VERSION",
-                "connect-protocol-version must be 1",
-            ));
-        }
-        let mut metadata = headers.clone();
-        if let Some(timeout) = headers.get("connect-timeout-ms") {
-            match timeout.to_str().ok().and_then(|ms| ms.parse::<u64>().ok()) {
-                // gRPC allows at most 8 digits per unit.
-                Some(ms) if ms < 100_000_000 => {
-                    if let Ok(value) = HeaderValue::from_str(&format!("{ms}m")) {
-                        metadata.insert("grpc-timeout", value);
-                    }
-                }
-                _ => {
-                    return fail(rpc_error::invalid_field(
-                        "connect-timeout-ms",
-                        "a whole number of milliseconds below 10^8",
-                    ));
-                }
-            }
-        }
+        let metadata = match connect_metadata(headers) {
+            Ok(metadata) => metadata,
+            Err(status) => return fail(status),
+        };
         let (bytes, held) = match body::read(body, &self.body).await {
             Ok(read) => read,
             Err(error) => return fail(Status::from(error)),
@@ -635,6 +617,38 @@ fn with_request_id(mut response: http::Response<Bytes>, call: &HeaderMap) -> htt
         response.headers_mut().insert(REQUEST_ID, id.clone());
     }
     response
+}
+
+/// A Connect request's headers as the call's metadata: the protocol version
+/// checked, `connect-timeout-ms` as `grpc-timeout` (unary and streaming alike).
+fn connect_metadata(headers: &HeaderMap) -> Result<HeaderMap, Status> {
+    if let Some(version) = headers.get("connect-protocol-version")
+        && version != "1"
+    {
+        return Err(rpc_error::with_reason(
+            Code::InvalidArgument,
+            "UNSUPPORTED_PROTOCOL_VERSION",
+            "connect-protocol-version must be 1",
+        ));
+    }
+    let mut metadata = headers.clone();
+    if let Some(timeout) = headers.get("connect-timeout-ms") {
+        match timeout.to_str().ok().and_then(|ms| ms.parse::<u64>().ok()) {
+            // gRPC allows at most 8 digits per unit.
+            Some(ms) if ms < 100_000_000 => {
+                if let Ok(value) = HeaderValue::from_str(&format!("{ms}m")) {
+                    metadata.insert("grpc-timeout", value);
+                }
+            }
+            _ => {
+                return Err(rpc_error::invalid_field(
+                    "connect-timeout-ms",
+                    "a whole number of milliseconds below 10^8",
+                ));
+            }
+        }
+    }
+    Ok(metadata)
 }
 
 /// `Some(binary)` when the request is Connect unary: `application/proto`

@@ -361,7 +361,12 @@ async fn a_filtered_watch_sends_changes_into_and_out_of_the_filter_only() {
 /// watcher that has seen it has seen the first.
 #[tokio::test]
 async fn a_write_that_started_first_is_never_skipped_by_one_that_commits_first() {
-    use case_svc::{events::EventWrite, feeds::Feeds, request::Caller, store::CaseStore};
+    use case_svc::{
+        feeds::Feeds,
+        logged_write::{Event, EventWrite},
+        request::Caller,
+        store::CaseStore,
+    };
     let app = CaseSvc::start(|_| {}).await;
     let mut alice = As::user(&app, "alice").await;
     let case = alice.create("contended").await;
@@ -380,7 +385,17 @@ async fn a_write_that_started_first_is_never_skipped_by_one_that_commits_first()
     let owner = casebook::auth::UserId::new("alice");
     let id = case_svc::resource::CaseId::parse_name(&case.name, "name").unwrap();
     let row = store.get(&owner, id).await.unwrap();
-    let slow = EventWrite::begin(&db, &owner).await.unwrap();
+    let caller = Caller {
+        owner: owner.clone(),
+        request_id: Some("slow".into()),
+    };
+    let event = Event {
+        kind: Kind::Updated,
+        caller: Some(&caller),
+        changes: Vec::new(),
+    };
+    let mut slow = EventWrite::begin(&db, &owner).await.unwrap();
+    slow.record(&event, &row, row.updated_at).await.unwrap();
 
     // The fast writer goes through the API while the slow one holds its number.
     let mut fast = alice.client.clone();
@@ -413,13 +428,7 @@ async fn a_write_that_started_first_is_never_skipped_by_one_that_commits_first()
         .await;
         assert!(queued, "the second write did not wait for the first");
     }
-    let caller = Caller {
-        owner: owner.clone(),
-        request_id: Some("slow".into()),
-    };
-    slow.commit(Some(&caller), Kind::Updated, &row, &[])
-        .await
-        .unwrap();
+    slow.commit().await.unwrap();
     fast.await.unwrap().unwrap();
 
     let first = watch.event().await;

@@ -1,16 +1,6 @@
-//! The event log: one `case_events` row per change, in the change's transaction.
-//!
-//! Why resuming never misses an event: each owner's events are numbered by
-//! `seq`, taken from the owner's row in `case_event_heads` by the write's
-//! first statement. Taking it locks that row until the transaction ends, so
-//! a second write by the same owner waits, and gets the next number only
-//! after the first committed (or rolled back, which frees its number). An
-//! owner's events therefore commit in `seq` order with no hole, and a reader
-//! that has seen `seq = n` has seen everything up to `n`: `WHERE seq > n`
-//! is complete. (With one global sequence, a transaction that took 7 could
-//! commit after one that took 8, and a reader at 8 would never see 7.) The
-//! cost is that one owner's writes are serialised; different owners never
-//! wait for each other. Watchers only ever follow one owner, their own.
+//! The event log: one `case_events` row per change, what it holds, and how
+//! it is read. `logged_write` writes it, in the change's transaction, and
+//! says why an owner's `seq` is complete; `feeds` delivers new events.
 //!
 //! After a commit the store tells `feeds`, which wakes this replica's
 //! watchers of the owner and, on PostgreSQL, announces the change to the
@@ -18,7 +8,7 @@
 
 use casebook::{
     auth::UserId,
-    db::{Database, Transaction, sql::Executor, sql::Sql},
+    db::{Database, sql::Sql},
     pb::casebook::cases::v1::{
         CaseEvent, FieldChange,
         case::{Status, Type},
@@ -32,9 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     error::CaseError,
-    request::Caller,
     resource::{CaseId, Etag},
-    store::{CaseRow, now, sql_time},
+    store::CaseRow,
 };
 
 /// The PostgreSQL channel replicas announce changes on and listen to.
@@ -184,117 +173,6 @@ macro_rules! event_columns {
         "user_id, seq, case_id::text AS case_id, kind, actor, request_id, status::text AS status, \
          type::text AS type, version, changes, created_at"
     };
-}
-
-static NEXT_SEQ: Sql = Sql::new(
-    "INSERT INTO case_event_heads (user_id, seq) VALUES ($1, 1) \
-     ON CONFLICT (user_id) DO UPDATE SET seq = case_event_heads.seq + 1 RETURNING seq",
-);
-static APPEND: Sql = Sql::new(
-    "INSERT INTO case_events (user_id, seq, case_id, kind, actor, request_id, status, type, version, changes, created_at) \
-     VALUES ($1, $2, $3::uuid, $4, $5, $6, $7::case_status, $8::case_type, $9, $10, $11::timestamptz)",
-);
-static TRIM_CASE: Sql =
-    Sql::new("DELETE FROM case_events WHERE user_id = $1 AND case_id = $2::uuid RETURNING seq");
-static RAISE_TRIMMED: Sql = Sql::new(
-    "UPDATE case_event_heads SET trimmed_through = $2 WHERE user_id = $1 AND trimmed_through < $2",
-);
-
-/// A change in progress: a transaction that holds the owner's next `seq`.
-/// Dropping it rolls the change back and frees the number.
-pub struct EventWrite {
-    transaction: Transaction,
-    owner: UserId,
-    seq: i64,
-}
-
-impl EventWrite {
-    /// Begins a change to `owner`'s cases, taking (and locking) their next
-    /// `seq` first, so every later statement runs with the owner's writes
-    /// serialised. An owner without a Better Auth user is `UnknownOwner`.
-    pub async fn begin(db: &Database, owner: &UserId) -> Result<Self, CaseError> {
-        let mut transaction = db.begin().await?;
-        let seq: i64 = sql!(
-            transaction.executor(),
-            NEXT_SEQ,
-            [owner.as_str()],
-            query_scalar,
-            fetch_one
-        )
-        .map_err(|error| match &error {
-            sqlx::Error::Database(db) if db.is_foreign_key_violation() => CaseError::UnknownOwner,
-            _ => CaseError::Database(error),
-        })?;
-        Ok(Self {
-            transaction,
-            owner: owner.clone(),
-            seq,
-        })
-    }
-
-    /// The transaction, for the change itself.
-    pub fn executor(&mut self) -> Executor<'_> {
-        self.transaction.executor()
-    }
-
-    /// Removes every event of `case` (it is being purged), remembering the
-    /// newest removed, below which a resume point is no longer complete.
-    pub async fn trim(&mut self, case: CaseId) -> Result<(), CaseError> {
-        let removed: Vec<i64> = sql!(
-            self.transaction.executor(),
-            TRIM_CASE,
-            [self.owner.as_str(), case.0.hyphenated().to_string()],
-            query_scalar,
-            fetch_all
-        )?;
-        if let Some(newest) = removed.into_iter().max() {
-            sql!(
-                self.transaction.executor(),
-                RAISE_TRIMMED,
-                [self.owner.as_str(), newest],
-                query,
-                execute,
-                |done| done.rows_affected()
-            )?;
-        }
-        Ok(())
-    }
-
-    /// Records `kind` of `case` (its row after the change, or as it was when
-    /// purged) by `caller` (`None`: the service itself), and commits the
-    /// change and its event together. Returns the event's `seq`.
-    pub async fn commit(
-        mut self,
-        caller: Option<&Caller>,
-        kind: Kind,
-        case: &CaseRow,
-        changes: &[Change],
-    ) -> Result<i64, CaseError> {
-        let changes =
-            serde_json::to_string(changes).map_err(|e| CaseError::CorruptRow(e.to_string()))?;
-        sql!(
-            self.transaction.executor(),
-            APPEND,
-            [
-                self.owner.as_str(),
-                self.seq,
-                case.id.as_str(),
-                kind.as_str_name(),
-                caller.map(|c| c.owner.as_str()).unwrap_or_default(),
-                caller.and_then(|c| c.request_id.as_deref()),
-                case.status.as_str(),
-                case.kind.as_str(),
-                case.version,
-                changes,
-                sql_time(now()),
-            ],
-            query,
-            execute,
-            |done| done.rows_affected()
-        )?;
-        self.transaction.commit().await?;
-        Ok(self.seq)
-    }
 }
 
 /// Where an owner's log stands.

@@ -7,7 +7,8 @@
 //! and nothing else.
 //!
 //! - [`request`]: requests parsed into domain values; [`error`]: every failure;
-//! - [`store`]: the cases table; [`events`]: the event log written with it;
+//! - [`store`]: the cases table; [`events`]: the event log written with it,
+//!   by [`logged_write`];
 //! - [`feeds`]: live delivery of new events; [`watch`]: one watch stream;
 //! - `service`: the handlers, parse → store → convert.
 
@@ -16,6 +17,7 @@ pub mod error;
 pub mod events;
 pub mod feeds;
 pub mod list_query;
+pub mod logged_write;
 mod purge;
 pub mod request;
 pub mod resource;

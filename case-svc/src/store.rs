@@ -2,11 +2,11 @@
 //!
 //! Statements are `casebook::db::sql` statements, each declared in the
 //! function that binds it. Every query names the owner: a case of another
-//! user is indistinguishable from one that does not exist. Every change runs
-//! in an [`EventWrite`], which takes the owner's next event number first:
-//! the owner's writes are serialised from there to commit, so the read,
-//! the check of state and etag, and the write see one consistent case, and
-//! the change and its event commit together.
+//! user is indistinguishable from one that does not exist. A change is
+//! decided here, in Rust, from the case as read (the row it becomes and the
+//! fields that differ), then written as a [`LoggedWrite`] on condition that
+//! the case still has the version read, so the change and its event commit
+//! together and describe the same row.
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,7 +16,7 @@ use casebook::{
     auth::UserId,
     db::{
         Database, Pool,
-        sql::{Arg, Executor, Sql, SqlBuilder},
+        sql::{Arg, Sql, SqlBuilder},
     },
     pb::casebook::cases::v1::case_event::Kind,
     sql,
@@ -25,10 +25,11 @@ use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::{
     error::CaseError,
-    events::{EventLog, EventWrite, changes},
+    events::{EventLog, changes},
     feeds::Feeds,
     list_query::{Cursor, SortField},
-    request::{Caller, Delete, ListQuery, NewCase, Target, Update},
+    logged_write::{Event, EventWrite, LoggedWrite},
+    request::{Caller, CasePatch, Delete, ListQuery, NewCase, Target, Update},
     resource::CaseId,
 };
 
@@ -64,6 +65,88 @@ pub struct CaseRow {
 }
 
 impl CaseRow {
+    /// The row `new` creates for `owner` at `now`.
+    fn new(owner: &UserId, new: &NewCase, now: DateTime<Utc>) -> Self {
+        Self {
+            id: CaseId::generate().0.hyphenated().to_string(),
+            user_id: owner.as_str().to_owned(),
+            title: new.title.as_str().to_owned(),
+            description: new.description.as_str().to_owned(),
+            status: new.status.as_str_name().to_owned(),
+            kind: new.kind.as_str_name().to_owned(),
+            version: 1,
+            created_at: now,
+            updated_at: now,
+            deleted_at: None,
+            purge_at: None,
+        }
+    }
+
+    /// This row written again at `now`: the next version.
+    fn next(&self, now: DateTime<Utc>) -> Self {
+        Self {
+            version: self.version + 1,
+            updated_at: now,
+            ..self.clone()
+        }
+    }
+
+    /// This row with `patch` applied.
+    fn patched(&self, patch: &CasePatch, now: DateTime<Utc>) -> Self {
+        let mut next = self.next(now);
+        if let Some(title) = &patch.title {
+            next.title = title.as_str().to_owned();
+        }
+        if let Some(description) = &patch.description {
+            next.description = description.as_str().to_owned();
+        }
+        if let Some(status) = patch.status {
+            next.status = status.as_str_name().to_owned();
+        }
+        if let Some(kind) = patch.kind {
+            next.kind = kind.as_str_name().to_owned();
+        }
+        next
+    }
+
+    /// This row soft-deleted at `now`, to be purged `retention` later.
+    fn deleted(&self, now: DateTime<Utc>, retention: Duration) -> Self {
+        let purge_at = chrono::Duration::from_std(retention)
+            .ok()
+            .and_then(|retention| now.checked_add_signed(retention))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        Self {
+            deleted_at: Some(now),
+            purge_at: Some(purge_at),
+            ..self.next(now)
+        }
+    }
+
+    /// This row restored at `now`.
+    fn undeleted(&self, now: DateTime<Utc>) -> Self {
+        Self {
+            deleted_at: None,
+            purge_at: None,
+            ..self.next(now)
+        }
+    }
+
+    /// `$1`…`$9`: id, owner, title, description, status, type, version,
+    /// created_at, updated_at, as both writes bind them.
+    fn content_args(&self) -> Vec<Arg> {
+        vec![
+            self.id.as_str().into(),
+            self.user_id.as_str().into(),
+            self.title.as_str().into(),
+            self.description.as_str().into(),
+            self.status.as_str().into(),
+            self.kind.as_str().into(),
+            self.version.into(),
+            sql_time(self.created_at).into(),
+            sql_time(self.updated_at).into(),
+        ]
+    }
+
     /// The value this row has for `field`, as a page cursor stores it.
     pub fn cursor(&self, field: SortField) -> Cursor {
         let key = match field {
@@ -96,6 +179,15 @@ pub enum OpenError {
 pub fn sql_time(time: DateTime<Utc>) -> String {
     time.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
+
+/// An optional time as [`sql_time`] writes it.
+fn sql_time_opt(time: Option<DateTime<Utc>>) -> Arg {
+    time.map(sql_time).into()
+}
+
+/// How many writers may race for one case before a write without an etag
+/// gives up with ABORTED.
+const UNCONDITIONAL_ATTEMPTS: usize = 32;
 
 /// Now, at the precision the database keeps.
 pub fn now() -> DateTime<Utc> {
@@ -187,9 +279,9 @@ impl CaseStore {
     /// owner already used, returns the case that key created instead (and
     /// records nothing).
     pub async fn create(&self, caller: &Caller, new: &NewCase) -> Result<CaseRow, CaseError> {
-        static INSERT: Sql = Sql::new(concat!(
-            "INSERT INTO cases (id, user_id, title, description, status, type, request_id, version, created_at, updated_at) \
-             VALUES ($1::uuid, $2, $3, $4, $5::case_status, $6::case_type, $7, 1, $8::timestamptz, $8::timestamptz) \
+        static INSERT: LoggedWrite = LoggedWrite::new(concat!(
+            "INSERT INTO cases (id, user_id, title, description, status, type, version, created_at, updated_at, request_id) \
+             VALUES ($1::uuid, $2, $3, $4, $5::case_status, $6::case_type, $7, $8::timestamptz, $9::timestamptz, $10) \
              ON CONFLICT (user_id, request_id) WHERE request_id IS NOT NULL DO NOTHING RETURNING ",
             case_columns!()
         ));
@@ -199,29 +291,21 @@ impl CaseStore {
             " FROM cases WHERE user_id = $1 AND request_id = $2"
         ));
         let key = new.idempotency_key.as_ref().map(|k| k.as_str());
-        let mut write = EventWrite::begin(&self.db, &caller.owner).await?;
-        let inserted: Option<CaseRow> = sql!(
-            write.executor(),
-            INSERT,
-            [
-                CaseId::generate().0.hyphenated().to_string(),
-                caller.owner.as_str(),
-                new.title.as_str(),
-                new.description.as_str(),
-                new.status.as_str_name(),
-                new.kind.as_str_name(),
-                key,
-                sql_time(now()),
-            ],
-            query_as,
-            fetch_optional
-        )?;
-        if let Some(row) = inserted {
-            return self.commit(write, caller, Kind::Created, None, row).await;
+        let row = CaseRow::new(&caller.owner, new, now());
+        let event = Event {
+            kind: Kind::Created,
+            caller: Some(caller),
+            changes: changes(None, &row),
+        };
+        let mut args = row.content_args();
+        args.push(key.into());
+        if let Some(row) = self.write(&INSERT, &caller.owner, args, &event).await? {
+            return Ok(row);
         }
         // Only a used idempotency key makes the insert do nothing.
+        let mut connection = self.db.acquire().await?;
         Ok(sql!(
-            write.executor(),
+            connection.executor(),
             BY_KEY,
             [caller.owner.as_str(), key],
             query_as,
@@ -231,10 +315,20 @@ impl CaseStore {
 
     /// The owner's case `id`, deleted or not.
     pub async fn get(&self, owner: &UserId, id: CaseId) -> Result<CaseRow, CaseError> {
+        static GET: Sql = Sql::new(concat!(
+            "SELECT ",
+            case_columns!(),
+            " FROM cases WHERE id = $1::uuid AND user_id = $2"
+        ));
         let mut connection = self.db.acquire().await?;
-        find(connection.executor(), owner, id)
-            .await?
-            .ok_or(CaseError::NotFound(id))
+        let row: Option<CaseRow> = sql!(
+            connection.executor(),
+            GET,
+            [id.0.hyphenated().to_string(), owner.as_str()],
+            query_as,
+            fetch_optional
+        )?;
+        row.ok_or(CaseError::NotFound(id))
     }
 
     /// One page of `query`: up to `limit` rows after `after`.
@@ -258,37 +352,14 @@ impl CaseStore {
 
     /// Applies `update` to a live case.
     pub async fn update(&self, caller: &Caller, update: &Update) -> Result<CaseRow, CaseError> {
-        static UPDATE: Sql = Sql::new(concat!(
-            "UPDATE cases SET title = COALESCE($3, title), description = COALESCE($4, description), \
-             status = COALESCE($5::case_status, status), type = COALESCE($6::case_type, type), \
-             version = version + 1, updated_at = $7::timestamptz \
-             WHERE id = $1::uuid AND user_id = $2 RETURNING ",
-            case_columns!()
-        ));
         let id = update.target.id;
-        let mut write = EventWrite::begin(&self.db, &caller.owner).await?;
-        let current = current(&mut write, &caller.owner, update.target).await?;
-        if current.deleted_at.is_some() {
-            return Err(CaseError::Deleted(id));
-        }
-        let patch = &update.patch;
-        let row: CaseRow = sql!(
-            write.executor(),
-            UPDATE,
-            [
-                current.id.as_str(),
-                caller.owner.as_str(),
-                patch.title.as_ref().map(|t| t.as_str()),
-                patch.description.as_ref().map(|d| d.as_str()),
-                patch.status.map(|s| s.as_str_name()),
-                patch.kind.map(|t| t.as_str_name()),
-                sql_time(now()),
-            ],
-            query_as,
-            fetch_one
-        )?;
-        self.commit(write, caller, Kind::Updated, Some(&current), row)
-            .await
+        self.change(caller, update.target, Kind::Updated, |current, now| {
+            if current.deleted_at.is_some() {
+                return Err(CaseError::Deleted(id));
+            }
+            Ok(Some(current.patched(&update.patch, now)))
+        })
+        .await
     }
 
     /// Soft-deletes a live case; it is purged `retention` later. With
@@ -300,85 +371,101 @@ impl CaseStore {
         delete: &Delete,
         retention: Duration,
     ) -> Result<Option<CaseRow>, CaseError> {
-        static DELETE: Sql = Sql::new(concat!(
-            "UPDATE cases SET deleted_at = $3::timestamptz, purge_at = $4::timestamptz, \
-             version = version + 1, updated_at = $3::timestamptz \
-             WHERE id = $1::uuid AND user_id = $2 RETURNING ",
-            case_columns!()
-        ));
-        let mut write = EventWrite::begin(&self.db, &caller.owner).await?;
-        let current = match current(&mut write, &caller.owner, delete.target).await {
-            Err(CaseError::NotFound(_)) if delete.allow_missing => return Ok(None),
-            other => other?,
-        };
-        if current.deleted_at.is_some() {
-            return match delete.allow_missing {
-                true => Ok(Some(current)),
-                false => Err(CaseError::NotFound(delete.target.id)),
-            };
+        let id = delete.target.id;
+        let deleted = self.change(caller, delete.target, Kind::Deleted, |current, now| match (
+            current.deleted_at,
+            delete.allow_missing,
+        ) {
+            (None, _) => Ok(Some(current.deleted(now, retention))),
+            (Some(_), true) => Ok(None),
+            (Some(_), false) => Err(CaseError::NotFound(id)),
+        });
+        match deleted.await {
+            Err(CaseError::NotFound(_)) if delete.allow_missing => Ok(None),
+            other => other.map(Some),
         }
-        let now = now();
-        let purge_at = chrono::Duration::from_std(retention)
-            .ok()
-            .and_then(|retention| now.checked_add_signed(retention))
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        let row: CaseRow = sql!(
-            write.executor(),
-            DELETE,
-            [
-                current.id.as_str(),
-                caller.owner.as_str(),
-                sql_time(now),
-                sql_time(purge_at),
-            ],
-            query_as,
-            fetch_one
-        )?;
-        let row = self
-            .commit(write, caller, Kind::Deleted, Some(&current), row)
-            .await?;
-        Ok(Some(row))
     }
 
     /// Restores a soft-deleted case.
     pub async fn undelete(&self, caller: &Caller, target: Target) -> Result<CaseRow, CaseError> {
-        static UNDELETE: Sql = Sql::new(concat!(
-            "UPDATE cases SET deleted_at = NULL, purge_at = NULL, \
-             version = version + 1, updated_at = $3::timestamptz \
-             WHERE id = $1::uuid AND user_id = $2 RETURNING ",
-            case_columns!()
-        ));
-        let mut write = EventWrite::begin(&self.db, &caller.owner).await?;
-        let current = current(&mut write, &caller.owner, target).await?;
-        if current.deleted_at.is_none() {
-            return Err(CaseError::NotDeleted(target.id));
-        }
-        let row: CaseRow = sql!(
-            write.executor(),
-            UNDELETE,
-            [current.id.as_str(), caller.owner.as_str(), sql_time(now())],
-            query_as,
-            fetch_one
-        )?;
-        self.commit(write, caller, Kind::Undeleted, Some(&current), row)
-            .await
+        self.change(caller, target, Kind::Undeleted, |current, now| {
+            if current.deleted_at.is_none() {
+                return Err(CaseError::NotDeleted(target.id));
+            }
+            Ok(Some(current.undeleted(now)))
+        })
+        .await
     }
 
-    /// Commits `write` with the event of `caller`'s change (`kind`, from
-    /// `before` to `after`), then wakes the owner's watchers.
-    async fn commit(
+    /// The shape of every change to an existing case: read it, check the
+    /// caller's etag, let `next` decide the row it becomes (`None`: nothing
+    /// to change, return it as it is), then write that row with its event on
+    /// condition that the version read is still current. A caller without
+    /// an etag asked for no condition, so losing a race to another writer
+    /// means reading again, not ABORTED. Every round has a winner, so a
+    /// writer loses at most as many rounds as there are writers racing for
+    /// the same case: [`UNCONDITIONAL_ATTEMPTS`] of them.
+    async fn change(
         &self,
-        write: EventWrite,
         caller: &Caller,
+        target: Target,
         kind: Kind,
-        before: Option<&CaseRow>,
-        after: CaseRow,
+        next: impl Fn(&CaseRow, DateTime<Utc>) -> Result<Option<CaseRow>, CaseError>,
     ) -> Result<CaseRow, CaseError> {
-        write
-            .commit(Some(caller), kind, &after, &changes(before, &after))
-            .await?;
-        self.feeds.committed(&caller.owner);
-        Ok(after)
+        static SAVE: LoggedWrite = LoggedWrite::new(concat!(
+            "UPDATE cases SET title = $3, description = $4, status = $5::case_status, \
+             type = $6::case_type, version = $7, created_at = $8::timestamptz, \
+             updated_at = $9::timestamptz, deleted_at = $10::timestamptz, purge_at = $11::timestamptz \
+             WHERE id = $1::uuid AND user_id = $2 AND version = $12 RETURNING ",
+            case_columns!()
+        ));
+        for _ in 0..UNCONDITIONAL_ATTEMPTS {
+            let current = self.get(&caller.owner, target.id).await?;
+            if target
+                .expected
+                .is_some_and(|etag| etag.0 != current.version)
+            {
+                return Err(CaseError::EtagMismatch(target.id));
+            }
+            let Some(row) = next(&current, now())? else {
+                return Ok(current);
+            };
+            let event = Event {
+                kind,
+                caller: Some(caller),
+                changes: changes(Some(&current), &row),
+            };
+            let mut args = row.content_args();
+            args.extend([
+                sql_time_opt(row.deleted_at),
+                sql_time_opt(row.purge_at),
+                current.version.into(),
+            ]);
+            if let Some(written) = self.write(&SAVE, &caller.owner, args, &event).await? {
+                return Ok(written);
+            }
+            if target.expected.is_some() {
+                return Err(CaseError::EtagMismatch(target.id));
+            }
+            // Let the round's winner finish before reading again.
+            tokio::task::yield_now().await;
+        }
+        Err(CaseError::EtagMismatch(target.id))
+    }
+
+    /// Runs `statement` with its event and, if it wrote, wakes the owner's watchers.
+    async fn write(
+        &self,
+        statement: &LoggedWrite,
+        owner: &UserId,
+        args: Vec<Arg>,
+        event: &Event<'_>,
+    ) -> Result<Option<CaseRow>, CaseError> {
+        let written = statement.run(&self.db, owner, args, event).await?;
+        if written.is_some() {
+            self.feeds.committed(owner);
+        }
+        Ok(written)
     }
 
     /// Removes soft-deleted cases whose purge time has passed, each with its
@@ -411,6 +498,7 @@ impl CaseStore {
             let last_batch = expired.len() < BATCH as usize;
             for (id, owner) in expired {
                 let owner = UserId::new(owner);
+                // The case row first, the owner's after, as every write locks them.
                 let mut write = EventWrite::begin(&self.db, &owner).await?;
                 let removed: Option<CaseRow> = sql!(
                     write.executor(),
@@ -424,7 +512,13 @@ impl CaseStore {
                 let case = CaseId::parse_name(&format!("cases/{id}"), "id")
                     .map_err(|_| CaseError::CorruptRow(format!("case id {id:?}")))?;
                 write.trim(case).await?;
-                write.commit(None, Kind::Purged, &row, &[]).await?;
+                let event = Event {
+                    kind: Kind::Purged,
+                    caller: None,
+                    changes: Vec::new(),
+                };
+                write.record(&event, &row, now()).await?;
+                write.commit().await?;
                 self.feeds.committed(&owner);
                 purged += 1;
             }
@@ -432,42 +526,6 @@ impl CaseStore {
                 return Ok(purged);
             }
         }
-    }
-}
-
-/// The owner's case `id` as `executor` sees it.
-async fn find(
-    executor: Executor<'_>,
-    owner: &UserId,
-    id: CaseId,
-) -> Result<Option<CaseRow>, sqlx::Error> {
-    static GET: Sql = Sql::new(concat!(
-        "SELECT ",
-        case_columns!(),
-        " FROM cases WHERE id = $1::uuid AND user_id = $2"
-    ));
-    sql!(
-        executor,
-        GET,
-        [id.0.hyphenated().to_string(), owner.as_str()],
-        query_as,
-        fetch_optional
-    )
-}
-
-/// The case a write applies to, read inside the write (whose owner lock
-/// keeps it current until commit), if the caller's etag still matches.
-async fn current(
-    write: &mut EventWrite,
-    owner: &UserId,
-    target: Target,
-) -> Result<CaseRow, CaseError> {
-    let row = find(write.executor(), owner, target.id)
-        .await?
-        .ok_or(CaseError::NotFound(target.id))?;
-    match target.expected {
-        Some(etag) if etag.0 != row.version => Err(CaseError::EtagMismatch(target.id)),
-        _ => Ok(row),
     }
 }
 
@@ -490,29 +548,29 @@ fn list_sql(owner: &UserId, query: &ListQuery, after: Option<&Cursor>, limit: us
         case_columns!(),
         " FROM cases WHERE user_id = "
     ));
-    sql.push_bind(Arg::Text(owner.as_str().to_owned()), "");
+    sql.push_bind(owner.as_str().into(), "");
     if !query.show_deleted {
         sql.push(" AND deleted_at IS NULL");
     }
     if let Some(status) = query.filter.status {
         sql.push(" AND status = ")
-            .push_bind(Arg::Text(status.as_str_name().to_owned()), "::case_status");
+            .push_bind(status.as_str_name().into(), "::case_status");
     }
     if let Some(kind) = query.filter.kind {
         sql.push(" AND type = ")
-            .push_bind(Arg::Text(kind.as_str_name().to_owned()), "::case_type");
+            .push_bind(kind.as_str_name().into(), "::case_type");
     }
     if let Some(cursor) = after {
         sql.push(&format!(" AND (cases.{column}, cases.id) {compare} ("))
-            .push_bind(Arg::Text(cursor.key.clone()), cast)
+            .push_bind(cursor.key.as_str().into(), cast)
             .push(", ")
-            .push_bind(Arg::Text(cursor.id.clone()), "::uuid")
+            .push_bind(cursor.id.as_str().into(), "::uuid")
             .push(")");
     }
     sql.push(&format!(
         " ORDER BY cases.{column} {direction}, cases.id {direction} LIMIT "
     ))
-    .push_bind(Arg::Int(i64::try_from(limit).unwrap_or(i64::MAX)), "");
+    .push_bind(i64::try_from(limit).unwrap_or(i64::MAX).into(), "");
     sql
 }
 

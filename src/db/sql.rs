@@ -81,6 +81,36 @@ pub enum Arg {
     Int(i64),
 }
 
+impl From<&str> for Arg {
+    fn from(value: &str) -> Self {
+        Self::Text(value.to_owned())
+    }
+}
+
+impl From<String> for Arg {
+    fn from(value: String) -> Self {
+        Self::Text(value)
+    }
+}
+
+impl From<Option<&str>> for Arg {
+    fn from(value: Option<&str>) -> Self {
+        Self::OptText(value.map(str::to_owned))
+    }
+}
+
+impl From<Option<String>> for Arg {
+    fn from(value: Option<String>) -> Self {
+        Self::OptText(value)
+    }
+}
+
+impl From<i64> for Arg {
+    fn from(value: i64) -> Self {
+        Self::Int(value)
+    }
+}
+
 /// Assembles a statement whose shape is decided at run time: each
 /// placeholder is numbered and its value recorded by the same call.
 #[derive(Debug, Default)]
@@ -152,21 +182,21 @@ macro_rules! sql {
             }
         }
     };
-    ($executor:expr, $sql:expr, args: $args:expr, $kind:ident, $finish:ident) => {
+    ($executor:expr, $sql:expr, args: $args:expr, $kind:ident, $finish:ident $(, $map:expr)?) => {
         match $executor {
             $crate::db::sql::Executor::Postgres(connection) => {
                 let mut query = sqlx::$kind(sqlx::AssertSqlSafe($sql.postgres()));
                 for arg in $args {
                     query = $crate::sql!(@bind query, arg);
                 }
-                query.$finish(connection).await
+                query.$finish(connection).await $(.map($map))?
             }
             $crate::db::sql::Executor::Sqlite(connection) => {
                 let mut query = sqlx::$kind(sqlx::AssertSqlSafe($sql.sqlite()));
                 for arg in $args {
                     query = $crate::sql!(@bind query, arg);
                 }
-                query.$finish(connection).await
+                query.$finish(connection).await $(.map($map))?
             }
         }
     };

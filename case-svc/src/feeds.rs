@@ -346,7 +346,10 @@ pub async fn announce(feeds: Arc<Feeds>, db: Database) {
     let (Some(unannounced), Pool::Postgres(pool)) = (&feeds.unannounced, db.pool()) else {
         return;
     };
-    let pool = own_connection(pool);
+    // A notification is a wake-up, not data: a crash that loses one loses
+    // nothing the table does not hold, so its commit (which has an xid, for
+    // the queue) need not wait for a WAL flush beside the writes' own.
+    let pool = own_connection(pool, &[("synchronous_commit", "off")]);
     loop {
         feeds.announce.notified().await;
         tokio::time::sleep(ANNOUNCE_EVERY).await;
@@ -383,10 +386,14 @@ pub async fn announce(feeds: Arc<Feeds>, db: Database) {
 
 /// A pool of one connection beside the request pool, for work that holds a
 /// connection for good (`LISTEN`) or must not queue behind calls (`NOTIFY`).
-fn own_connection(pool: &sqlx::PgPool) -> sqlx::PgPool {
+/// `settings` are the session's own (`SET` for its lifetime).
+fn own_connection(pool: &sqlx::PgPool, settings: &[(&str, &str)]) -> sqlx::PgPool {
+    let options = (*pool.connect_options())
+        .clone()
+        .options(settings.iter().copied());
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
-        .connect_lazy_with((*pool.connect_options()).clone())
+        .connect_lazy_with(options)
 }
 
 /// On PostgreSQL, turns the other replicas' announcements into wake-ups
@@ -398,7 +405,7 @@ pub async fn listen(feeds: Arc<Feeds>, db: Database) {
     let Pool::Postgres(pool) = db.pool() else {
         return;
     };
-    let pool = own_connection(pool);
+    let pool = own_connection(pool, &[]);
     loop {
         let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
             Ok(listener) => listener,

@@ -44,6 +44,11 @@ pub struct WatchReport {
     pub p99_ms: f64,
     /// Slowest.
     pub max_ms: f64,
+    /// The watched case-svc's resident memory once every stream is open
+    /// (each has sent its first message), MiB.
+    pub rss_mib_opened: Option<f64>,
+    /// The same after the writes, every stream having sent its events.
+    pub rss_mib_after_writes: Option<f64>,
 }
 
 /// How to run it.
@@ -64,7 +69,7 @@ pub async fn run(
     write_at: SocketAddr,
     fixture: &Fixture,
     options: &WatchOptions,
-    opened: impl FnOnce(),
+    rss_mib: impl Fn() -> Option<f64>,
 ) -> anyhow::Result<WatchReport> {
     let users = fixture.users.len().max(1);
     let connections = options
@@ -83,7 +88,7 @@ pub async fn run(
         let first = watch(channel, &token).await?;
         tasks.spawn(follow(first, Arc::clone(&deliveries), stopped.clone()));
     }
-    opened();
+    let rss_mib_opened = rss_mib();
 
     let mut writer = CaseServiceClient::new(crate::load::connect(write_at).await?);
     let watchers_of = |user: usize| (options.watchers + users - 1 - user) / users;
@@ -121,6 +126,7 @@ pub async fn run(
     while deliveries.load(Ordering::Relaxed) < expected && tokio::time::Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let rss_mib_after_writes = rss_mib();
     let _ = stop.send(true);
     let mut latencies = Recorder::default();
     while let Some(recorder) = tasks.join_next().await {
@@ -137,6 +143,8 @@ pub async fn run(
         p50_ms: summary.p50_ms,
         p99_ms: summary.p99_ms,
         max_ms: summary.max_ms,
+        rss_mib_opened,
+        rss_mib_after_writes,
     })
 }
 

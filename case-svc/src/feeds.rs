@@ -295,24 +295,31 @@ async fn follow(
             () = tokio::time::sleep(poll_interval) => {}
         }
         let Some(feed) = feed.upgrade() else { return };
-        loop {
-            match log.after(&feed.owner, last, READ_BATCH).await {
-                Ok(rows) => {
-                    let full = rows.len() as i64 == READ_BATCH;
-                    for row in rows {
-                        last = row.seq;
-                        // No receiver right now is fine: watchers read the table first.
-                        let _ = feed.events.send(Arc::new(row));
-                    }
-                    if !full {
-                        break;
-                    }
+        // Boxed: a database read is a large future, and a feed spends its
+        // life waiting, so its task should not carry room for one.
+        last = Box::pin(publish_new(&feed, &log, last)).await;
+    }
+}
+
+/// Broadcasts `feed`'s events after `last`; returns the last one sent.
+async fn publish_new(feed: &Feed, log: &EventLog, mut last: i64) -> i64 {
+    loop {
+        match log.after(&feed.owner, last, READ_BATCH).await {
+            Ok(rows) => {
+                let full = rows.len() as i64 == READ_BATCH;
+                for row in rows {
+                    last = row.seq;
+                    // No receiver right now is fine: watchers read the table first.
+                    let _ = feed.events.send(Arc::new(row));
                 }
-                Err(error) => {
-                    // Watchers stay connected; the next wake-up or poll retries.
-                    tracing::warn!(%error, "reading new case events failed");
-                    break;
+                if !full {
+                    return last;
                 }
+            }
+            Err(error) => {
+                // Watchers stay connected; the next wake-up or poll retries.
+                tracing::warn!(%error, "reading new case events failed");
+                return last;
             }
         }
     }

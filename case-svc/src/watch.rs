@@ -77,15 +77,17 @@ impl Watch {
     pub fn start(self, subscription: Subscription, position: i64) -> WatchStream {
         let (messages, queue) = mpsc::channel(self.buffer.max(1));
         let (end, ended) = oneshot::channel();
+        let expires = tokio::time::Instant::now() + until(self.expires_at);
+        // Built outside the task, so the task holds one `Running`, not
+        // also the parts it was built from.
+        let mut stream = Running {
+            watch: self,
+            subscription,
+            messages,
+            position,
+            expires,
+        };
         tokio::spawn(async move {
-            let expires = tokio::time::Instant::now() + until(self.expires_at);
-            let mut stream = Running {
-                watch: self,
-                subscription,
-                messages,
-                position,
-                expires,
-            };
             if let Some(status) = stream.run().await {
                 let _ = end.send(status);
             }
@@ -130,7 +132,9 @@ impl Running {
     async fn follow(&mut self) -> End {
         // A stream opened "from now" learns its position at once, so it can
         // resume with no gap even if it drops before anything happens.
-        if let Err(end) = self.send(None).await {
+        // (Boxed, like everything a stream does once or seldom, so that its
+        // task is only as large as its waiting.)
+        if let Err(end) = Box::pin(self.send(None)).await {
             return end;
         }
         if let Err(end) = Box::pin(self.catch_up()).await {
@@ -147,11 +151,16 @@ impl Running {
                 received = self.subscription.events.recv() => Some(received),
                 _ = heartbeat.tick() => None,
             };
-            let step = match received {
-                Some(received) => self.receive(received).await,
-                None => self.send(None).await,
-            };
-            if let Err(end) = step {
+            // Boxed: sending (and perhaps catching up) is what a stream does
+            // least; its waiting, in the `select!` above, should not carry
+            // room for it.
+            let step = Box::pin(async {
+                match received {
+                    Some(received) => self.receive(received).await,
+                    None => self.send(None).await,
+                }
+            });
+            if let Err(end) = step.await {
                 return end;
             }
         }
@@ -162,9 +171,8 @@ impl Running {
             Ok(row) if row.seq <= self.position => Ok(()),
             Ok(row) if row.seq == self.position + 1 => self.deliver(&row).await,
             // Something between here and there was not broadcast to us, or
-            // the feed outran us: the table has it all.
-            // (Boxed: a database read is a large future, and an idle stream
-            // should not carry room for one.)
+            // the feed outran us: the table has it all. (Boxed: a database
+            // read is a large future, which delivering should not carry.)
             Ok(_) | Err(RecvError::Lagged(_)) => Box::pin(self.catch_up()).await,
             Err(RecvError::Closed) => Err(CaseError::ShuttingDown.into()),
         }

@@ -15,8 +15,8 @@
 //! connection drops, every feed reads at once after it reconnects.
 //!
 //! Memory is bounded by the watchers: a feed exists while someone watches its
-//! owner and holds at most `WATCH_BUFFER` events; a watcher that falls that
-//! far behind is cut off (it resumes from the table).
+//! owner and holds at most [`FEED_BUFFER`] events; a watcher that falls
+//! further behind reads what it missed from the table.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -41,12 +41,17 @@ use crate::{
 
 /// How many events a feed reads from the table at a time.
 const READ_BATCH: i64 = 256;
+/// Events a feed holds for its watchers between their reads. A watcher
+/// drains it at once unless its own client queue is full, and one that
+/// falls behind catches up from the table, so this only needs to cover a
+/// burst of one owner's writes; each feed allocates it whole, and there is
+/// a feed per watched owner.
+const FEED_BUFFER: usize = 16;
 
 /// Limits and timings of live delivery.
 #[derive(Clone, Copy, Debug)]
 pub struct FeedSettings {
-    /// Events a feed keeps for its slowest watcher (and a stream queues for
-    /// its client) before that watcher is cut off.
+    /// Messages a stream queues for its client before it counts as too slow.
     pub buffer: usize,
     /// How often a feed reads the table without being woken.
     pub poll_interval: Duration,
@@ -186,7 +191,7 @@ impl Feeds {
     }
 
     fn start_feed(self: &Arc<Self>, owner: &UserId, after: i64) -> Arc<Feed> {
-        let (events, _) = broadcast::channel(self.settings.buffer.max(1));
+        let (events, _) = broadcast::channel(FEED_BUFFER);
         let wake = Arc::new(Notify::new());
         let feed = Arc::new(Feed {
             owner: owner.clone(),

@@ -412,6 +412,8 @@ impl CaseStore {
         kind: Kind,
         next: impl Fn(&CaseRow, DateTime<Utc>) -> Result<Option<CaseRow>, CaseError>,
     ) -> Result<CaseRow, CaseError> {
+        // Every column the row can change, from the row decided here
+        // (`created_at` comes back as read: both writes bind `content_args`).
         static SAVE: LoggedWrite = LoggedWrite::new(concat!(
             "UPDATE cases SET title = $3, description = $4, status = $5::case_status, \
              type = $6::case_type, version = $7, created_at = $8::timestamptz, \

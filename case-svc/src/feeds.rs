@@ -361,7 +361,7 @@ pub async fn announce(feeds: Arc<Feeds>, db: Database) {
     // A notification is a wake-up, not data: a crash that loses one loses
     // nothing the table does not hold, so its commit (which has an xid, for
     // the queue) need not wait for a WAL flush beside the writes' own.
-    let pool = own_connection(pool, &[("synchronous_commit", "off")]);
+    let pool = own_connection(pool, Some("SET synchronous_commit = off"));
     loop {
         feeds.announce.notified().await;
         tokio::time::sleep(ANNOUNCE_EVERY).await;
@@ -398,14 +398,16 @@ pub async fn announce(feeds: Arc<Feeds>, db: Database) {
 
 /// A pool of one connection beside the request pool, for work that holds a
 /// connection for good (`LISTEN`) or must not queue behind calls (`NOTIFY`).
-/// `settings` are the session's own (`SET` for its lifetime).
-fn own_connection(pool: &sqlx::PgPool, settings: &[(&str, &str)]) -> sqlx::PgPool {
-    let options = (*pool.connect_options())
-        .clone()
-        .options(settings.iter().copied());
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_lazy_with(options)
+/// `setup` runs on each new connection (a `SET` for the session: a
+/// statement, not a startup option, so that it passes any proxy).
+fn own_connection(pool: &sqlx::PgPool, setup: Option<&'static str>) -> sqlx::PgPool {
+    let mut options = sqlx::postgres::PgPoolOptions::new().max_connections(1);
+    if let Some(setup) = setup {
+        options = options.after_connect(move |connection, _| {
+            Box::pin(async move { sqlx::Executor::execute(connection, setup).await.map(drop) })
+        });
+    }
+    options.connect_lazy_with((*pool.connect_options()).clone())
 }
 
 /// On PostgreSQL, turns the other replicas' announcements into wake-ups
@@ -417,7 +419,7 @@ pub async fn listen(feeds: Arc<Feeds>, db: Database) {
     let Pool::Postgres(pool) = db.pool() else {
         return;
     };
-    let pool = own_connection(pool, &[]);
+    let pool = own_connection(pool, None);
     loop {
         let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
             Ok(listener) => listener,

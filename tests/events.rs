@@ -843,32 +843,32 @@ async fn connect_server_streaming_sends_enveloped_events_and_an_end_of_stream() 
     assert_eq!(message["event"]["case"], made.name.as_str());
 
     // Errors travel in the end-of-stream envelope, with HTTP 200.
-    let refused = reqwest::Client::new()
-        .post(&url)
-        .bearer_auth(&alice.token)
-        .header("content-type", "application/connect+json")
-        .body(envelope(br#"{"resumeToken":"forged"}"#))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status(), 200);
-    let body = refused.bytes().await.unwrap();
-    assert_eq!(body[0], 0b10, "the end-of-stream flag");
-    let end: serde_json::Value = serde_json::from_slice(&body[5..]).unwrap();
-    assert_eq!(end["error"]["code"], "invalid_argument");
+    let end_of_stream = async |version: &str, request: &[u8]| {
+        let refused = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(&alice.token)
+            .header("content-type", "application/connect+json")
+            .header("connect-protocol-version", version)
+            .body(envelope(request))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 200);
+        let body = tokio::time::timeout(STEP, refused.bytes())
+            .await
+            .expect("the stream ended at once")
+            .unwrap();
+        assert_eq!(body[0], 0b10, "the end-of-stream flag");
+        serde_json::from_slice::<serde_json::Value>(&body[5..]).unwrap()
+    };
+    let forged = end_of_stream("1", br#"{"resumeToken":"forged"}"#).await;
+    assert_eq!(forged["error"]["code"], "invalid_argument", "{forged}");
     // The Connect headers mean the same as on unary calls.
-    let refused = reqwest::Client::new()
-        .post(&url)
-        .bearer_auth(&alice.token)
-        .header("content-type", "application/connect+json")
-        .header("connect-protocol-version", "2")
-        .body(envelope(b"{}"))
-        .send()
-        .await
-        .unwrap();
-    let body = refused.bytes().await.unwrap();
-    let end: serde_json::Value = serde_json::from_slice(&body[5..]).unwrap();
-    assert_eq!(end["error"]["code"], "invalid_argument", "{end}");
+    let unsupported = end_of_stream("2", b"{}").await;
+    assert_eq!(
+        unsupported["error"]["code"], "invalid_argument",
+        "{unsupported}"
+    );
 }
 
 #[tokio::test]

@@ -7,9 +7,10 @@
 //! from its own connection, and [`listen`] turns other replicas'
 //! announcements into wake-ups here. Writes never `NOTIFY` themselves:
 //! PostgreSQL serialises the commits of notifying transactions, and a
-//! notification per write costs every replica's listener (docs/benchmarks.md). A woken feed reads
-//! the owner's new events once and broadcasts them to every watcher of that
-//! owner, so a write costs one read however many tabs are open. A feed also
+//! notification per write costs every replica's listener
+//! (docs/benchmarks.md). A woken feed reads the owner's new events once and
+//! broadcasts them to every watcher of that owner, so a write costs one
+//! read however many tabs are open. A feed also
 //! reads every `WATCH_POLL_INTERVAL` without being woken, which bounds how
 //! late an event can be when a notification is lost; when the listener's
 //! connection drops, every feed reads at once after it reconnects.

@@ -317,13 +317,11 @@ impl PageSize {
     /// `rows` (read with one extra) cut to a page, and the token `after`
     /// makes for its last row when there is a next page (else empty).
     fn page<T>(self, mut rows: Vec<T>, after: impl FnOnce(&T) -> String) -> (Vec<T>, String) {
-        let next = match rows.len() > self.0 {
-            true => {
-                rows.truncate(self.0);
-                rows.last().map(after).unwrap_or_default()
-            }
-            false => String::new(),
-        };
+        if rows.len() <= self.0 {
+            return (rows, String::new());
+        }
+        rows.truncate(self.0);
+        let next = rows.last().map(after).unwrap_or_default();
         (rows, next)
     }
 }

@@ -7,7 +7,9 @@
 //! is its own, longer ceiling, enforced here on the response body: the
 //! unary ceiling would cut every watch after 30 seconds. Buffering is bounded as
 //! `casebook::body` bounds it: one message per call, `MAX_BUFFERED_BYTES`
-//! across calls, `BODY_TIMEOUT` per body. Metadata such as
+//! across calls, `BODY_TIMEOUT` per body. A replica that dies mid-response
+//! ends the call `UNAVAILABLE`, as one that dies before answering does.
+//! Metadata such as
 //! `authorization` and `grpc-timeout` travels with the request untouched;
 //! trailers (including `grpc-status-details-bin`) travel with the response.
 
@@ -18,7 +20,7 @@ use std::{
     marker::PhantomData,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
@@ -131,7 +133,7 @@ impl<R: Route> tower::Service<http::Request<tonic::body::Body>> for Forward<R> {
 }
 
 async fn forward(
-    upstream: &Upstream,
+    upstream: &Arc<Upstream>,
     limits: Limits,
     stream: bool,
     request: http::Request<tonic::body::Body>,
@@ -171,10 +173,7 @@ async fn forward(
                 }
                 Err(error) => {
                     tracing::warn!(service = upstream.service(), replica = %replica.addr(), %error, "upstream call failed");
-                    return Err(unavailable(
-                        upstream,
-                        "the call failed in transit; it may or may not have been applied",
-                    ));
+                    return Err(unavailable(upstream, IN_TRANSIT));
                 }
             }
         }
@@ -189,29 +188,48 @@ async fn forward(
     let response = tokio::time::timeout(deadline, attempt)
         .await
         .map_err(|_| deadline_exceeded(upstream, deadline))??;
-    Ok(match stream {
-        true => response.map(|body| {
-            tonic::body::Body::new(Lifetime {
-                body,
-                ends: Box::pin(tokio::time::sleep_until(ends_at)),
-                expired: deadline_exceeded(upstream, deadline),
-                over: false,
-            })
-        }),
-        false => response,
-    })
+    let upstream = Arc::clone(upstream);
+    Ok(response.map(|body| {
+        tonic::body::Body::new(Relayed {
+            body,
+            ends: stream.then(|| Box::pin(tokio::time::sleep_until(ends_at))),
+            deadline,
+            upstream,
+            over: false,
+        })
+    }))
 }
 
-/// A streamed response body that ends with `DEADLINE_EXCEEDED` once the
-/// stream's deadline passes (dropping the upstream stream, which cancels it).
-struct Lifetime {
+/// A response body on its way back from a replica.
+///
+/// Once the response has started, a failure can no longer be a response of
+/// its own. If the replica dies mid-body, the call ends with trailers saying
+/// `UNAVAILABLE`, which clients retry, instead of hyper's reset stream, which
+/// clients read as `INTERNAL`. A server stream also ends with
+/// `DEADLINE_EXCEEDED` once its lifetime passes (dropping the upstream
+/// stream cancels it); a unary call's deadline is the channel's.
+struct Relayed {
     body: tonic::body::Body,
-    ends: Pin<Box<tokio::time::Sleep>>,
-    expired: tonic::Status,
+    /// When a server stream's lifetime ends; `None` for a unary call.
+    ends: Option<Pin<Box<tokio::time::Sleep>>>,
+    deadline: Duration,
+    upstream: Arc<Upstream>,
     over: bool,
 }
 
-impl http_body::Body for Lifetime {
+impl Relayed {
+    /// Ends the body with `status` in its trailers.
+    fn end(&mut self, status: &tonic::Status) -> http_body::Frame<bytes::Bytes> {
+        self.over = true;
+        self.body = tonic::body::Body::empty();
+        let mut trailers = http::HeaderMap::new();
+        // Only a status whose message cannot be a header fails; ours can.
+        let _ = status.add_header(&mut trailers);
+        http_body::Frame::trailers(trailers)
+    }
+}
+
+impl http_body::Body for Relayed {
     type Data = bytes::Bytes;
     type Error = tonic::Status;
 
@@ -222,15 +240,20 @@ impl http_body::Body for Lifetime {
         if self.over {
             return Poll::Ready(None);
         }
-        if self.ends.as_mut().poll(cx).is_ready() {
-            self.over = true;
-            self.body = tonic::body::Body::empty();
-            let mut trailers = http::HeaderMap::new();
-            // Only a status whose message cannot be a header fails; ours can.
-            let _ = self.expired.add_header(&mut trailers);
-            return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+        if let Some(ends) = self.ends.as_mut()
+            && ends.as_mut().poll(cx).is_ready()
+        {
+            let expired = deadline_exceeded(&self.upstream, self.deadline);
+            return Poll::Ready(Some(Ok(self.end(&expired))));
         }
-        Pin::new(&mut self.body).poll_frame(cx)
+        match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+            Some(Err(error)) => {
+                tracing::warn!(service = self.upstream.service(), %error, "upstream response broke off");
+                let failed = unavailable(&self.upstream, IN_TRANSIT);
+                Poll::Ready(Some(Ok(self.end(&failed))))
+            }
+            frame => Poll::Ready(frame),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
@@ -258,6 +281,9 @@ fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Why a call that reached a replica failed: a write may have been applied.
+const IN_TRANSIT: &str = "the call failed in transit; it may or may not have been applied";
+
 fn unavailable(upstream: &Upstream, detail: &str) -> tonic::Status {
     upstream.record_error();
     rpc_error::with_reason(
@@ -265,4 +291,61 @@ fn unavailable(upstream: &Upstream, detail: &str) -> tonic::Status {
         "UPSTREAM_UNAVAILABLE",
         format!("{}: {detail}", upstream.service()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http_body::{Body, Frame};
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::upstream::UpstreamRoots;
+
+    /// A replica's response body that sends one message and breaks off, as
+    /// it does when the replica dies mid-response.
+    struct BreaksOff(Option<Bytes>);
+
+    impl Body for BreaksOff {
+        type Data = Bytes;
+        type Error = tonic::Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+            Poll::Ready(Some(match self.0.take() {
+                Some(message) => Ok(Frame::data(message)),
+                None => Err(tonic::Status::unknown("connection reset")),
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_response_that_breaks_off_ends_unavailable_after_what_arrived() {
+        let upstream = Upstream::new(
+            "case-svc",
+            "CASE_SVC_URL",
+            &["http://127.0.0.1:1".to_owned()],
+            &UpstreamRoots::System,
+        )
+        .unwrap();
+        let relayed = Relayed {
+            body: tonic::body::Body::new(BreaksOff(Some(Bytes::from_static(b"message")))),
+            ends: None,
+            deadline: Duration::from_secs(30),
+            upstream: Arc::clone(&upstream),
+            over: false,
+        };
+
+        let collected = relayed.collect().await.expect("the body ends cleanly");
+        let trailers = collected
+            .trailers()
+            .cloned()
+            .expect("trailers end the body");
+        assert_eq!(collected.to_bytes(), "message", "what arrived is relayed");
+        let status = tonic::Status::from_header_map(&trailers).expect("a status");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("may or may not"), "{status:?}");
+    }
 }

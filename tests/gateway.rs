@@ -15,7 +15,7 @@ use casebook::pb::casebook::{
     auth::v1::{User, WhoAmIRequest},
     cases::v1::{Case, CreateCaseRequest, ListCasesRequest, ListCasesResponse, case::Type},
 };
-use common::{GatewayStack, bearer, eventually, grpc_web, http1};
+use common::{GatewayStack, bearer, eventually, grows_by, grpc_web, http1};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use tonic::transport::Channel;
@@ -320,10 +320,14 @@ async fn calls_are_balanced_and_a_replica_leaving_fails_no_call() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let done = || successes.load(Ordering::Relaxed);
+    assert!(grows_by(20, done).await, "the load runs");
     let leaving = stack.cases.remove(0);
     leaving.0.server.shutdown().await.unwrap(); // graceful: in-flight calls finish
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        grows_by(20, done).await,
+        "the load runs on the other replica"
+    );
     stop.store(true, Ordering::Relaxed);
     for worker in load {
         worker.await.unwrap();

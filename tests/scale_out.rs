@@ -158,11 +158,7 @@ async fn killing_a_replica_of_each_service_loses_no_acknowledged_write() {
 
     // Each step waits for the load to make progress, not for a time to pass.
     let progressed = async |step: &str| {
-        let from = acknowledged.lock().unwrap().len();
-        let moved = common::eventually(Duration::from_secs(20), async || {
-            acknowledged.lock().unwrap().len() >= from + PROGRESS
-        })
-        .await;
+        let moved = common::grows_by(PROGRESS, || acknowledged.lock().unwrap().len()).await;
         assert!(moved, "the load stalled {step}");
     };
     progressed("before the kill").await;

@@ -698,6 +698,13 @@ pub fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
     request
 }
 
+/// Waits until a running load's `count` has grown by `by`, so a test steps
+/// on the load's progress instead of on time passing; whether it did within 20 s.
+pub async fn grows_by(by: usize, count: impl Fn() -> usize) -> bool {
+    let from = count();
+    eventually(Duration::from_secs(20), async || count() >= from + by).await
+}
+
 /// Polls `check` until it holds or `limit` passes.
 pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;

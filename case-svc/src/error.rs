@@ -47,13 +47,14 @@ pub enum CaseError {
         /// `MAX_WATCHES_PER_USER`.
         limit: usize,
     },
-    /// The client stopped reading: its queue stayed full for a heartbeat period.
+    /// The client stopped reading: it took nothing for a heartbeat period
+    /// while more than `WATCH_BUFFER` events were waiting.
     #[error(
-        "{buffered} messages waited for this stream's client for a whole heartbeat period; reconnect with the last resume token"
+        "this stream's client took nothing for a whole heartbeat period while more than {behind} events waited; reconnect with the last resume token"
     )]
     SlowConsumer {
-        /// How many messages were waiting for the client.
-        buffered: usize,
+        /// `WATCH_BUFFER`: how far behind a stream may fall.
+        behind: usize,
     },
     /// The server is shutting down; another replica (or this one, restarted) continues.
     #[error("the server is shutting down; reconnect with the last resume token")]

@@ -17,13 +17,15 @@
 //!
 //! Memory is bounded by the watchers: a feed exists while someone watches its
 //! owner and holds at most [`FEED_BUFFER`] events; a watcher that falls
-//! further behind reads what it missed from the table.
+//! further behind reads what it missed from the table. Each watcher's
+//! [`Place`] tells the feed how far it has got, so the feed, which sees every
+//! event go out, can cut off one that stopped taking them.
 
 use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex, PoisonError, Weak,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -33,7 +35,11 @@ use casebook::{
     db::{Database, Pool},
     metrics::{SampleKind, ServerMetrics},
 };
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::{
+    sync::{Notify, broadcast},
+    time::Instant,
+};
+use tokio_stream::wrappers::BroadcastStream;
 
 use crate::{
     error::CaseError,
@@ -43,17 +49,20 @@ use crate::{
 /// How many events a feed reads from the table at a time.
 const READ_BATCH: i64 = 256;
 /// Events a feed holds for its watchers between their reads. A watcher
-/// drains it at once unless its own client queue is full, and one that
-/// falls behind catches up from the table, so this only needs to cover a
-/// burst of one owner's writes; each feed allocates it whole, and there is
-/// a feed per watched owner.
+/// drains it as fast as its client reads, and one that falls behind
+/// catches up from the table, so this only needs to cover a burst of one
+/// owner's writes; each feed allocates it whole, and there is a feed per
+/// watched owner.
 const FEED_BUFFER: usize = 16;
 
 /// Limits and timings of live delivery.
 #[derive(Clone, Copy, Debug)]
 pub struct FeedSettings {
-    /// Messages a stream queues for its client before it counts as too slow.
+    /// Events a watcher may fall behind its feed before it counts as too slow.
     pub buffer: usize,
+    /// Heartbeat period of an idle stream; also how long a watcher too far
+    /// behind may take nothing before it is cut off.
+    pub heartbeat: Duration,
     /// How often a feed reads the table without being woken.
     pub poll_interval: Duration,
     /// Open watch streams per user.
@@ -71,7 +80,10 @@ pub struct Feeds {
     announce: Notify,
     /// Tells this replica's announcements from the others'.
     replica: String,
-    closing: watch::Sender<bool>,
+    /// Set (under the `feeds` lock) when the server starts shutting down.
+    closing: AtomicBool,
+    /// What [`Place::asked`] counts from.
+    epoch: Instant,
     watchers: AtomicUsize,
     slow_consumers: AtomicU64,
     listener_reconnects: AtomicU64,
@@ -80,7 +92,10 @@ pub struct Feeds {
 /// One owner's feed: shared by every stream watching that owner.
 pub struct Feed {
     owner: UserId,
-    events: broadcast::Sender<Arc<EventRow>>,
+    /// Taken when the server closes, which ends every watcher's events.
+    events: Mutex<Option<broadcast::Sender<Arc<EventRow>>>>,
+    /// Where its watchers are.
+    places: Mutex<Vec<Weak<Place>>>,
     wake: Arc<Notify>,
     watchers: AtomicUsize,
     feeds: Weak<Feeds>,
@@ -99,20 +114,38 @@ impl Drop for Feed {
     }
 }
 
-/// A watcher's place in its owner's feed; leaving drops it.
+/// How far one watcher has got, shared between its stream and its feed.
+#[derive(Debug, Default)]
+pub struct Place {
+    /// The last event the stream accounted for.
+    position: AtomicI64,
+    /// When the stream last asked for more, in ms since [`Feeds::epoch`].
+    asked: AtomicU64,
+    /// Set by the feed when the stream stopped asking too far behind.
+    cut_off: AtomicBool,
+}
+
+/// A watcher's subscription to its owner's feed; leaving drops it.
 pub struct Subscription {
     feed: Arc<Feed>,
     feeds: Arc<Feeds>,
-    /// Events as the feed reads them.
-    pub events: broadcast::Receiver<Arc<EventRow>>,
-    /// Becomes `true` when the server starts shutting down.
-    pub closing: watch::Receiver<bool>,
+    place: Arc<Place>,
+    /// Events as the feed reads them; they end when the server closes.
+    pub events: BroadcastStream<Arc<EventRow>>,
 }
 
 impl Subscription {
-    /// Counts this watcher as cut off for reading too slowly.
-    pub fn count_slow_consumer(&self) {
-        self.feeds.slow_consumers.fetch_add(1, Ordering::Relaxed);
+    /// The stream asks for more at `position`: refused once the feed has
+    /// cut it off for having stopped asking.
+    pub fn ask(&self, position: i64) -> Result<(), CaseError> {
+        self.place.position.store(position, Ordering::Relaxed);
+        self.place.asked.store(self.feeds.now(), Ordering::Relaxed);
+        match self.place.cut_off.load(Ordering::Relaxed) {
+            true => Err(CaseError::SlowConsumer {
+                behind: self.feeds.settings.buffer,
+            }),
+            false => Ok(()),
+        }
     }
 }
 
@@ -134,7 +167,8 @@ impl Feeds {
             unannounced: shared_by_replicas.then(Mutex::default),
             announce: Notify::new(),
             replica: uuid::Uuid::now_v7().simple().to_string(),
-            closing: watch::Sender::new(false),
+            closing: AtomicBool::new(false),
+            epoch: Instant::now(),
             watchers: AtomicUsize::new(0),
             slow_consumers: AtomicU64::new(0),
             listener_reconnects: AtomicU64::new(0),
@@ -148,12 +182,14 @@ impl Feeds {
         self.settings
     }
 
+    /// Milliseconds since `epoch`: the clock of [`Place::asked`].
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Joins `owner`'s feed, creating it if nobody watches them yet.
     /// Refused past `MAX_WATCHES_PER_USER`, and once the server is closing.
     pub async fn subscribe(self: &Arc<Self>, owner: &UserId) -> Result<Subscription, CaseError> {
-        if *self.closing.borrow() {
-            return Err(CaseError::ShuttingDown);
-        }
         let feed = match self.find(owner) {
             Some(feed) => feed,
             None => {
@@ -162,6 +198,9 @@ impl Feeds {
                 // watcher reads itself.
                 let head = self.log.head(owner).await?;
                 let mut map = self.feeds.lock().unwrap_or_else(PoisonError::into_inner);
+                if self.closing.load(Ordering::Relaxed) {
+                    return Err(CaseError::ShuttingDown);
+                }
                 match map.get(owner).and_then(Weak::upgrade) {
                     Some(feed) => feed,
                     None => {
@@ -172,17 +211,32 @@ impl Feeds {
                 }
             }
         };
+        let events = feed
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(broadcast::Sender::subscribe)
+            .ok_or(CaseError::ShuttingDown)?;
         let limit = self.settings.max_watches_per_user;
         if feed.watchers.fetch_add(1, Ordering::Relaxed) >= limit {
             feed.watchers.fetch_sub(1, Ordering::Relaxed);
             return Err(CaseError::TooManyWatches { limit });
         }
         self.watchers.fetch_add(1, Ordering::Relaxed);
+        let place = Arc::new(Place::default());
+        place.asked.store(self.now(), Ordering::Relaxed);
+        {
+            let mut places = feed.places.lock().unwrap_or_else(PoisonError::into_inner);
+            // Forget those who left, so the list is as long as the watchers.
+            places.retain(|place| place.strong_count() > 0);
+            places.push(Arc::downgrade(&place));
+        }
         Ok(Subscription {
-            events: feed.events.subscribe(),
-            closing: self.closing.subscribe(),
+            events: BroadcastStream::new(events),
             feed,
             feeds: Arc::clone(self),
+            place,
         })
     }
 
@@ -196,7 +250,8 @@ impl Feeds {
         let wake = Arc::new(Notify::new());
         let feed = Arc::new(Feed {
             owner: owner.clone(),
-            events,
+            events: Mutex::new(Some(events)),
+            places: Mutex::default(),
             wake: Arc::clone(&wake),
             watchers: AtomicUsize::new(0),
             feeds: Arc::downgrade(self),
@@ -231,15 +286,35 @@ impl Feeds {
 
     /// Notifications may have been lost: every feed reads the table.
     pub fn wake_all(&self) {
-        let map = self.feeds.lock().unwrap_or_else(PoisonError::into_inner);
-        for feed in map.values().filter_map(Weak::upgrade) {
+        for feed in self.all() {
             feed.wake.notify_one();
         }
     }
 
     /// Ends every stream (with a status the client retries) and refuses new ones.
     pub fn close(&self) {
-        self.closing.send_replace(true);
+        for feed in self.all_and(|| self.closing.store(true, Ordering::Relaxed)) {
+            // Its watchers see the end of their events after what is buffered.
+            drop(
+                feed.events
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take(),
+            );
+        }
+    }
+
+    /// Every feed, after running `then` under the lock that creates feeds.
+    /// (They are collected first because dropping the last handle to a feed
+    /// takes that lock again.)
+    fn all_and(&self, then: impl FnOnce()) -> Vec<Arc<Feed>> {
+        let map = self.feeds.lock().unwrap_or_else(PoisonError::into_inner);
+        then();
+        map.values().filter_map(Weak::upgrade).collect()
+    }
+
+    fn all(&self) -> Vec<Arc<Feed>> {
+        self.all_and(|| {})
     }
 
     fn report_to(self: &Arc<Self>, metrics: &ServerMetrics) {
@@ -267,7 +342,7 @@ impl Feeds {
             let counters = [
                 (
                     "casebook_watch_slow_consumers",
-                    "Watch streams cut off for falling WATCH_BUFFER events behind",
+                    "Watch streams cut off for taking nothing for a heartbeat period while WATCH_BUFFER events behind",
                     &feeds.slow_consumers,
                 ),
                 (
@@ -301,9 +376,35 @@ async fn follow(
             () = tokio::time::sleep(poll_interval) => {}
         }
         let Some(feed) = feed.upgrade() else { return };
+        feed.cut_off_stalled(last);
         // Boxed: a database read is a large future, and a feed spends its
         // life waiting, so its task should not carry room for one.
         last = Box::pin(publish_new(&feed, &log, last)).await;
+    }
+}
+
+impl Feed {
+    /// Cuts off every watcher that is more than `WATCH_BUFFER` events
+    /// behind `head` (what this feed has sent so far) and has not asked for
+    /// more for a heartbeat period: its client stopped reading. A watcher
+    /// that reads, however far behind, asks as it goes.
+    fn cut_off_stalled(&self, head: i64) {
+        let Some(feeds) = self.feeds.upgrade() else {
+            return;
+        };
+        let (now, settings) = (feeds.now(), feeds.settings);
+        let patience = u64::try_from(settings.heartbeat.as_millis()).unwrap_or(u64::MAX);
+        let places = self.places.lock().unwrap_or_else(PoisonError::into_inner);
+        for place in places.iter().filter_map(Weak::upgrade) {
+            let behind = head.saturating_sub(place.position.load(Ordering::Relaxed));
+            let waited = now.saturating_sub(place.asked.load(Ordering::Relaxed));
+            if usize::try_from(behind).is_ok_and(|behind| behind > settings.buffer)
+                && waited >= patience
+                && !place.cut_off.swap(true, Ordering::Relaxed)
+            {
+                feeds.slow_consumers.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -313,11 +414,16 @@ async fn publish_new(feed: &Feed, log: &EventLog, mut last: i64) -> i64 {
         match log.after(&feed.owner, last, READ_BATCH).await {
             Ok(rows) => {
                 let full = rows.len() as i64 == READ_BATCH;
+                let events = feed.events.lock().unwrap_or_else(PoisonError::into_inner);
                 for row in rows {
                     last = row.seq;
-                    // No receiver right now is fine: watchers read the table first.
-                    let _ = feed.events.send(Arc::new(row));
+                    // No receiver right now is fine: watchers read the table
+                    // first. No sender is fine too: the server is closing.
+                    if let Some(events) = events.as_ref() {
+                        let _ = events.send(Arc::new(row));
+                    }
                 }
+                drop(events);
                 if !full {
                     return last;
                 }

@@ -65,8 +65,9 @@ pub struct Config {
     /// longest a lost notification can delay an event.
     #[arg(long, env = "WATCH_POLL_INTERVAL", value_parser = duration, default_value = "10s")]
     pub watch_poll_interval: Duration,
-    /// Messages a watch stream queues for its client; a queue that stays full for a
-    /// heartbeat period cuts the stream off with RESOURCE_EXHAUSTED (it resumes).
+    /// Events a watch stream may fall behind its feed; a client that takes nothing
+    /// for a heartbeat period while further behind is cut off with
+    /// RESOURCE_EXHAUSTED (it resumes).
     #[arg(long, env = "WATCH_BUFFER", default_value_t = 64)]
     pub watch_buffer: usize,
     /// Open WatchCases streams per user (per process).
@@ -88,6 +89,7 @@ impl Config {
     pub fn feed_settings(&self) -> FeedSettings {
         FeedSettings {
             buffer: self.watch_buffer,
+            heartbeat: self.watch_heartbeat,
             poll_interval: self.watch_poll_interval,
             max_watches_per_user: self.max_watches_per_user,
         }
@@ -130,7 +132,6 @@ pub async fn build(config: Config, metrics: &Metrics) -> Result<RunningServer, S
         Arc::clone(&feeds),
         list_query::PageTokens::new(&secret),
         config.case_retention,
-        config.watch_heartbeat,
     );
     let service = CaseServiceServer::new(api)
         .max_decoding_message_size(config.service.server.grpc_max_message_bytes);

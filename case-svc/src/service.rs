@@ -29,25 +29,22 @@ pub struct CaseApi {
     feeds: Arc<Feeds>,
     tokens: Arc<PageTokens>,
     retention: Duration,
-    heartbeat: Duration,
 }
 
 impl CaseApi {
     /// Handlers over `store` and `feeds`; deleted cases are kept for
-    /// `retention`; idle watch streams get a heartbeat every `heartbeat`.
+    /// `retention`.
     pub fn new(
         store: Arc<CaseStore>,
         feeds: Arc<Feeds>,
         tokens: PageTokens,
         retention: Duration,
-        heartbeat: Duration,
     ) -> Self {
         Self {
             store,
             feeds,
             tokens: Arc::new(tokens),
             retention,
-            heartbeat,
         }
     }
 }
@@ -175,8 +172,7 @@ impl CaseService for CaseApi {
             tokens: Arc::clone(&self.tokens),
             caller,
             filter: query.filter,
-            heartbeat: self.heartbeat,
-            buffer: self.feeds.settings().buffer,
+            heartbeat: self.feeds.settings().heartbeat,
             expires_at,
         };
         let resume_point = match query.resume_token.as_str() {

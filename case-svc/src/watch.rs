@@ -8,16 +8,21 @@
 //! Because an owner's events commit in `seq` order (see `events`), reading
 //! `seq > position` never skips one that commits later.
 //!
-//! Messages queue for the client in a channel of `WATCH_BUFFER`. When it is
-//! full the stream waits, at most one heartbeat period: a client that takes
-//! nothing for that long is cut off with `RESOURCE_EXHAUSTED` and resumes with
-//! its last token. A stream the feed outran meanwhile simply catches up from
-//! the table: the table is the buffer, and it is already there.
+//! The stream is pulled, not pushed: it is the response body's source, and
+//! does its work when the connection asks it for the next message. It has no
+//! task and no queue of its own, so an open stream costs its state and
+//! nothing more, and a client that stops reading stops asking and makes
+//! nothing grow. Its feed notices: a watcher that has not asked for a
+//! heartbeat period while more than `WATCH_BUFFER` events behind is cut off,
+//! ends `RESOURCE_EXHAUSTED` when next asked, and resumes with its last
+//! token. A stream the feed outran simply catches up from the table: the
+//! table is the buffer, and it is already there.
 
 use std::{
+    future::Future,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -25,8 +30,8 @@ use casebook::{
     auth::AuthError,
     pb::casebook::cases::v1::{CaseEvent, WatchCasesResponse},
 };
-use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot, watch};
-use tokio_stream::Stream;
+use tokio::time::{Instant, Sleep};
+use tokio_stream::{Stream, wrappers::errors::BroadcastStreamRecvError};
 use tonic::Status;
 
 use crate::{
@@ -54,8 +59,6 @@ pub struct Watch {
     pub filter: Filter,
     /// Heartbeat period.
     pub heartbeat: Duration,
-    /// Messages queued for the client before it counts as too slow.
-    pub buffer: usize,
     /// When the caller's token expires (seconds since the Unix epoch).
     pub expires_at: i64,
 }
@@ -75,181 +78,177 @@ impl Watch {
 
     /// Starts the stream at `position` (already checked against the log).
     pub fn start(self, subscription: Subscription, position: i64) -> WatchStream {
-        let (messages, queue) = mpsc::channel(self.buffer.max(1));
-        let (end, ended) = oneshot::channel();
-        let expires = tokio::time::Instant::now() + until(self.expires_at);
-        // Built outside the task, so the task holds one `Running`, not
-        // also the parts it was built from.
-        let mut stream = Running {
+        let now = Instant::now();
+        let expires = now + until(self.expires_at);
+        let timer = Box::pin(tokio::time::sleep_until(
+            (now + self.heartbeat).min(expires),
+        ));
+        let mut running = Running {
             watch: self,
             subscription,
-            messages,
             position,
             expires,
+            timer,
+            started: false,
+            catch_up: CatchUp::Following,
         };
-        tokio::spawn(async move {
-            if let Some(status) = stream.run().await {
-                let _ = end.send(status);
-            }
-        });
+        // What committed between the position and the subscription.
+        running.read_after_position();
         WatchStream {
-            queue,
-            ended: Some(ended),
+            running: Some(running),
         }
+    }
+}
+
+/// The response stream: messages until the stream ends with a status.
+pub struct WatchStream {
+    /// `None` once the stream has ended (its subscription given up at once).
+    running: Option<Running>,
+}
+
+impl Stream for WatchStream {
+    type Item = Result<WatchCasesResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(running) = self.running.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let next = ready!(running.poll_message(cx));
+        if next.is_err() {
+            self.running = None;
+        }
+        Poll::Ready(Some(next))
     }
 }
 
 struct Running {
     watch: Watch,
     subscription: Subscription,
-    messages: mpsc::Sender<Box<WatchCasesResponse>>,
     position: i64,
     /// When the caller's token expires.
-    expires: tokio::time::Instant,
+    expires: Instant,
+    /// The next heartbeat, or the token's expiry if that comes first.
+    timer: Pin<Box<Sleep>>,
+    /// Whether the first message, which tells the position, has gone out.
+    started: bool,
+    catch_up: CatchUp,
 }
 
-/// Why a stream ends: a status for the client, or nobody left to tell.
-enum End {
-    Status(Status),
-    ClientGone,
-}
+type Read = Pin<Box<dyn Future<Output = Result<Vec<EventRow>, CaseError>> + Send>>;
 
-impl From<CaseError> for End {
-    fn from(error: CaseError) -> Self {
-        Self::Status(error.into())
-    }
+/// Where reading from the table is.
+enum CatchUp {
+    /// Not reading: following the feed.
+    Following,
+    /// A batch is being read (boxed, like everything a stream does seldom,
+    /// so that an idle stream is only as large as its waiting).
+    Reading(Read),
+    /// A batch being delivered; `full` if more may follow it.
+    Delivering {
+        rows: std::vec::IntoIter<EventRow>,
+        full: bool,
+    },
 }
 
 impl Running {
-    /// Runs until the stream ends; the status to end it with, if the client is still there.
-    async fn run(&mut self) -> Option<Status> {
-        match self.follow().await {
-            End::Status(status) => Some(status),
-            End::ClientGone => None,
+    /// The next message, or the status the stream ends with.
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<WatchCasesResponse, Status>> {
+        self.subscription.ask(self.position)?;
+        if Instant::now() >= self.expires {
+            return Poll::Ready(Err(AuthError::TokenExpired.into()));
         }
-    }
-
-    async fn follow(&mut self) -> End {
         // A stream opened "from now" learns its position at once, so it can
         // resume with no gap even if it drops before anything happens.
-        // (Boxed, like everything a stream does once or seldom, so that its
-        // task is only as large as its waiting.)
-        if let Err(end) = Box::pin(self.send(None)).await {
-            return end;
+        if !self.started {
+            self.started = true;
+            return Poll::Ready(Ok(self.message(None)));
         }
-        if let Err(end) = Box::pin(self.catch_up()).await {
-            return end;
-        }
-        let period = self.watch.heartbeat;
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
-            let received = tokio::select! {
-                biased;
-                end = interrupted(self.subscription.closing.clone(), self.expires, &self.messages) => {
-                    return end;
-                }
-                received = self.subscription.events.recv() => Some(received),
-                _ = heartbeat.tick() => None,
+            let row = match &mut self.catch_up {
+                CatchUp::Delivering { rows, full } => match (rows.next(), *full) {
+                    (Some(row), _) => row,
+                    (None, true) => {
+                        self.read_after_position();
+                        continue;
+                    }
+                    (None, false) => {
+                        self.catch_up = CatchUp::Following;
+                        continue;
+                    }
+                },
+                CatchUp::Reading(read) => match read.as_mut().poll(cx) {
+                    Poll::Ready(rows) => {
+                        let rows = rows?;
+                        let full = rows.len() as i64 == CATCH_UP_BATCH;
+                        let rows = rows.into_iter();
+                        self.catch_up = CatchUp::Delivering { rows, full };
+                        continue;
+                    }
+                    Poll::Pending => return self.poll_heartbeat(cx),
+                },
+                CatchUp::Following => match Pin::new(&mut self.subscription.events).poll_next(cx) {
+                    Poll::Ready(Some(Ok(row))) if row.seq <= self.position => continue,
+                    Poll::Ready(Some(Ok(row))) if row.seq == self.position + 1 => {
+                        match self.deliver(&row)? {
+                            Some(message) => return Poll::Ready(Ok(message)),
+                            None => continue,
+                        }
+                    }
+                    // Something between here and there was not broadcast to
+                    // us, or the feed outran us: the table has it all.
+                    Poll::Ready(Some(Ok(_) | Err(BroadcastStreamRecvError::Lagged(_)))) => {
+                        self.read_after_position();
+                        continue;
+                    }
+                    Poll::Ready(None) => return Poll::Ready(Err(CaseError::ShuttingDown.into())),
+                    Poll::Pending => return self.poll_heartbeat(cx),
+                },
             };
-            // Boxed: sending (and perhaps catching up) is what a stream does
-            // least; its waiting, in the `select!` above, should not carry
-            // room for it.
-            let step = Box::pin(async {
-                match received {
-                    Some(received) => self.receive(received).await,
-                    None => self.send(None).await,
-                }
-            });
-            if let Err(end) = step.await {
-                return end;
+            if let Some(message) = self.deliver(&row)? {
+                return Poll::Ready(Ok(message));
             }
         }
     }
 
-    async fn receive(&mut self, received: Result<Arc<EventRow>, RecvError>) -> Result<(), End> {
-        match received {
-            Ok(row) if row.seq <= self.position => Ok(()),
-            Ok(row) if row.seq == self.position + 1 => self.deliver(&row).await,
-            // Something between here and there was not broadcast to us, or
-            // the feed outran us: the table has it all. (Boxed: a database
-            // read is a large future, which delivering should not carry.)
-            Ok(_) | Err(RecvError::Lagged(_)) => Box::pin(self.catch_up()).await,
-            Err(RecvError::Closed) => Err(CaseError::ShuttingDown.into()),
+    /// A heartbeat when the timer says so, or the end when the token has expired.
+    fn poll_heartbeat(&mut self, cx: &mut Context<'_>) -> Poll<Result<WatchCasesResponse, Status>> {
+        ready!(self.timer.as_mut().poll(cx));
+        let now = Instant::now();
+        if now >= self.expires {
+            return Poll::Ready(Err(AuthError::TokenExpired.into()));
         }
+        let next = (now + self.watch.heartbeat).min(self.expires);
+        self.timer.as_mut().reset(next);
+        Poll::Ready(Ok(self.message(None)))
     }
 
-    /// Sends every event in the table after the position.
-    async fn catch_up(&mut self) -> Result<(), End> {
-        loop {
-            let rows = self
-                .watch
-                .log
-                .after(&self.watch.caller.owner, self.position, CATCH_UP_BATCH)
-                .await?;
-            let full = rows.len() as i64 == CATCH_UP_BATCH;
-            for row in rows {
-                self.deliver(&row).await?;
-            }
-            if !full {
-                return Ok(());
-            }
-        }
+    /// Starts reading the events after the position from the table.
+    fn read_after_position(&mut self) {
+        let (log, owner) = (self.watch.log.clone(), self.watch.caller.owner.clone());
+        let after = self.position;
+        self.catch_up = CatchUp::Reading(Box::pin(async move {
+            log.after(&owner, after, CATCH_UP_BATCH).await
+        }));
     }
 
-    /// Accounts for `row`: sent if the filter wants it, skipped otherwise.
-    async fn deliver(&mut self, row: &EventRow) -> Result<(), End> {
+    /// Accounts for `row`: the message to send if the filter wants it.
+    fn deliver(&mut self, row: &EventRow) -> Result<Option<WatchCasesResponse>, CaseError> {
         self.position = row.seq;
         let (status, kind) = row.classification()?;
         let (was_status, was_kind) = row.previous_classification()?;
         let filter = &self.watch.filter;
-        if filter.matches(status, kind) || filter.matches(was_status, was_kind) {
-            self.send(Some(CaseEvent::try_from(row)?)).await?;
+        if !filter.matches(status, kind) && !filter.matches(was_status, was_kind) {
+            return Ok(None);
         }
-        Ok(())
+        Ok(Some(self.message(Some(CaseEvent::try_from(row)?))))
     }
 
-    /// Queues a message (a heartbeat without an event) at the current
-    /// position. When the queue is full the stream waits for the client, but
-    /// not for longer than a heartbeat period: a client that takes nothing
-    /// for that long is cut off. (While it waits, the feed may run ahead of
-    /// it; it then catches up from the table, so waiting loses nothing.)
-    async fn send(&mut self, event: Option<CaseEvent>) -> Result<(), End> {
-        // Boxed: the queue allocates its slots in blocks, and an unboxed
-        // message would make every idle stream's first block kilobytes.
-        let message = Box::new(WatchCasesResponse {
+    /// A message at the current position (a heartbeat, without an event).
+    fn message(&self, event: Option<CaseEvent>) -> WatchCasesResponse {
+        WatchCasesResponse {
             event,
             resume_token: self.watch.token(self.position),
-        });
-        let message = match self.messages.try_send(message) {
-            Ok(()) => return Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(End::ClientGone),
-            Err(mpsc::error::TrySendError::Full(message)) => message,
-        };
-        let closing = self.subscription.closing.clone();
-        tokio::select! {
-            end = interrupted(closing, self.expires, &self.messages) => Err(end),
-            sent = self.messages.send(message) => sent.map_err(|_| End::ClientGone),
-            () = tokio::time::sleep(self.watch.heartbeat) => Err(self.too_slow(self.watch.buffer)),
         }
-    }
-
-    fn too_slow(&self, buffered: usize) -> End {
-        self.subscription.count_slow_consumer();
-        CaseError::SlowConsumer { buffered }.into()
-    }
-}
-
-/// Resolves when a stream must end whatever it is doing: the server is
-/// closing, the token expired, or the client went away.
-async fn interrupted(
-    mut closing: watch::Receiver<bool>,
-    expires: tokio::time::Instant,
-    messages: &mpsc::Sender<Box<WatchCasesResponse>>,
-) -> End {
-    tokio::select! {
-        _ = closing.wait_for(|closing| *closing) => CaseError::ShuttingDown.into(),
-        () = tokio::time::sleep_until(expires) => End::Status(AuthError::TokenExpired.into()),
-        () = messages.closed() => End::ClientGone,
     }
 }
 
@@ -263,28 +262,4 @@ fn until(expires_at: i64) -> Duration {
             .unwrap_or_default()
             .saturating_sub(now),
     )
-}
-
-/// The response stream: queued messages, then the status the stream ended with.
-pub struct WatchStream {
-    queue: mpsc::Receiver<Box<WatchCasesResponse>>,
-    ended: Option<oneshot::Receiver<Status>>,
-}
-
-impl Stream for WatchStream {
-    type Item = Result<WatchCasesResponse, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match self.queue.poll_recv(cx) {
-            Poll::Ready(Some(message)) => Poll::Ready(Some(Ok(*message))),
-            Poll::Pending => Poll::Pending,
-            // The task is done, and it sent its status before letting go of the queue.
-            Poll::Ready(None) => Poll::Ready(
-                self.ended
-                    .take()
-                    .and_then(|mut ended| ended.try_recv().ok())
-                    .map(Err),
-            ),
-        }
-    }
 }

@@ -959,6 +959,16 @@ async fn streams_over_http_count_against_their_connections_stream_slots() {
     assert_eq!(refused[0], 0b10, "only the end of the stream");
     let end: serde_json::Value = serde_json::from_slice(&refused[5..]).unwrap();
     assert_eq!(end["error"]["code"], "resource_exhausted", "{end}");
+
+    // A client that goes away cancels its call, and its slot is free again.
+    drop(held.pop());
+    let freed = common::eventually(STEP, async || {
+        let mut body = open().await.unwrap().into_body();
+        let first = body.frame().await;
+        first.is_some_and(|frame| frame.is_ok_and(|f| f.into_data().is_ok_and(|d| d[0] == 0)))
+    })
+    .await;
+    assert!(freed, "the dropped stream still holds its slot");
 }
 
 #[tokio::test]

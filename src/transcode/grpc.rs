@@ -3,9 +3,15 @@
 //! and authentication as a native one. Unary calls are read whole; server
 //! streams message by message, as they arrive.
 
+use std::{
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
-use http_body_util::{BodyExt, Full};
+use http_body::Body as _;
+use http_body_util::Full;
 use tonic::{Code, Status};
 use tower::ServiceExt;
 
@@ -132,40 +138,43 @@ pub enum Next {
 impl Frames {
     /// The next message, or the end of the call.
     pub async fn next(&mut self) -> Next {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// The next message, or the end of the call, once the body has it.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Next> {
         loop {
             if let Some(message) = self.split_message() {
-                return message;
+                return Poll::Ready(message);
             }
-            match self.body.frame().await {
+            let end = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if self.buffer.len() + data.len() > MAX_RESPONSE_BYTES + 5 => {
+                        Err(Status::resource_exhausted(
+                            "a response message is larger than this server relays",
+                        ))
+                    }
                     Ok(data) => {
-                        if self.buffer.len() + data.len() > MAX_RESPONSE_BYTES + 5 {
-                            return Next::End(Err(Status::resource_exhausted(
-                                "a response message is larger than this server relays",
-                            )));
-                        }
                         self.buffer.extend_from_slice(&data);
+                        continue;
                     }
                     Err(frame) => {
                         let status = frame
                             .trailers_ref()
                             .and_then(Status::from_header_map)
                             .unwrap_or_else(|| Status::new(Code::Ok, ""));
-                        return Next::End(match status.code() {
+                        match status.code() {
                             Code::Ok => Ok(()),
                             _ => Err(status),
-                        });
+                        }
                     }
                 },
-                Some(Err(error)) => {
-                    return Next::End(Err(Status::unavailable(format!(
-                        "reading the response: {error}"
-                    ))));
-                }
-                None => {
-                    return Next::End(Err(Status::internal("the response ended without a status")));
-                }
-            }
+                Some(Err(error)) => Err(Status::unavailable(format!(
+                    "reading the response: {error}"
+                ))),
+                None => Err(Status::internal("the response ended without a status")),
+            };
+            return Poll::Ready(Next::End(end));
         }
     }
 

@@ -1,12 +1,12 @@
 //! Server streams over HTTP: Server-Sent Events on a REST route, and
 //! Connect's streaming protocol.
 //!
-//! Each message is relayed as it arrives, never collected: a task reads the
-//! gRPC response and writes the HTTP body through a channel of a few
-//! messages, so a client that stops reading stops the reading (and the
-//! service cuts it off as a slow consumer) instead of growing a buffer here.
-//! A client that goes away drops the body, which ends the task and cancels
-//! the call.
+//! Each message is relayed as it arrives, never collected: the HTTP body
+//! reads the next message of the gRPC response when the connection asks it
+//! for more, with no task or queue between them. So a client that stops
+//! reading stops the reading (and the service cuts it off as a slow
+//! consumer) instead of growing a buffer here, and a client that goes away
+//! drops the body, which cancels the call.
 //!
 //! - SSE: every message is an event whose `data` is the message's JSON and
 //!   whose `id` is its `resume_token` field, when it has one, so a browser's
@@ -16,16 +16,17 @@
 //! - Connect: enveloped messages, then the end-of-stream envelope with the
 //!   error, if any (Connect answers streams with HTTP 200 whatever happens).
 
-use std::convert::Infallible;
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, header};
 use http_body::Frame;
-use http_body_util::StreamBody;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::{
@@ -34,8 +35,6 @@ use super::{
 };
 use crate::observe::REQUEST_ID;
 
-/// Messages queued between the call and the client.
-const QUEUE: usize = 4;
 /// Connect's end-of-stream envelope flag.
 const END_STREAM: u8 = 0b10;
 
@@ -69,8 +68,6 @@ pub fn relay(
     output: MessageDescriptor,
     pool: DescriptorPool,
 ) -> http::Response<tonic::body::Body> {
-    let (chunks, queue) = mpsc::channel(QUEUE);
-    tokio::spawn(pump(encoding, frames, output, pool, chunks));
     let mut response = http::Response::builder()
         .header(header::CONTENT_TYPE, encoding.content_type())
         .header(header::CACHE_CONTROL, "no-store")
@@ -79,7 +76,13 @@ pub fn relay(
     if let Some(id) = call_headers.get(REQUEST_ID) {
         response = response.header(REQUEST_ID, id.clone());
     }
-    let body = StreamBody::new(ReceiverStream::new(queue));
+    let body = Relay {
+        encoding,
+        frames,
+        output,
+        pool,
+        over: false,
+    };
     response
         .body(tonic::body::Body::new(body))
         .unwrap_or_default()
@@ -95,33 +98,58 @@ pub fn connect_failure(encoding: Encoding, status: &Status) -> http::Response<to
         .unwrap_or_default()
 }
 
-type Chunk = Result<Frame<Bytes>, Infallible>;
-
-async fn pump(
+/// The HTTP body of a relayed stream: each gRPC message re-encoded as it
+/// is read, then what ends the stream.
+struct Relay {
     encoding: Encoding,
-    mut frames: Frames,
+    frames: Frames,
     output: MessageDescriptor,
     pool: DescriptorPool,
-    chunks: mpsc::Sender<Chunk>,
-) {
-    loop {
-        let next = tokio::select! {
-            next = frames.next() => next,
-            () = chunks.closed() => return,
-        };
-        let (chunk, last) = match next {
-            Next::Message(bytes) => match encode(encoding, &output, bytes) {
-                Ok(chunk) => (chunk, false),
-                Err(status) => (finish(encoding, Err(status), &pool), true),
-            },
-            Next::End(end) => (finish(encoding, end, &pool), true),
-        };
-        let sent = match chunk {
-            Some(chunk) => chunks.send(Ok(Frame::data(chunk))).await.is_ok(),
-            None => true,
-        };
-        if last || !sent {
-            return;
+    over: bool,
+}
+
+impl http_body::Body for Relay {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let relay = &mut *self;
+        while !relay.over {
+            let chunk = match ready!(relay.frames.poll_next(cx)) {
+                Next::Message(bytes) => match encode(relay.encoding, &relay.output, bytes) {
+                    Ok(chunk) => chunk,
+                    Err(status) => relay.finish(Err(status)),
+                },
+                Next::End(end) => relay.finish(end),
+            };
+            if let Some(chunk) = chunk {
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+        }
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.over
+    }
+}
+
+impl Relay {
+    /// What ends the body: SSE writes an `error` event for a failure and
+    /// nothing for success; Connect always writes its end-of-stream envelope.
+    fn finish(&mut self, end: Result<(), Status>) -> Option<Bytes> {
+        self.over = true;
+        match (self.encoding, end) {
+            (Encoding::ServerSentEvents, Ok(())) => None,
+            (Encoding::ServerSentEvents, Err(status)) => {
+                let http = error::http_status(status.code());
+                let json = error::rest_json(&status, http, &self.pool);
+                Some(Bytes::from(format!("event: error\ndata: {json}\n\n")))
+            }
+            (_, end) => Some(end_of_stream(end.err().as_ref())),
         }
     }
 }
@@ -156,20 +184,6 @@ fn encode(
             event.freeze()
         }
     }))
-}
-
-/// What ends the body: SSE writes an `error` event for a failure and
-/// nothing for success; Connect always writes its end-of-stream envelope.
-fn finish(encoding: Encoding, end: Result<(), Status>, pool: &DescriptorPool) -> Option<Bytes> {
-    match (encoding, end) {
-        (Encoding::ServerSentEvents, Ok(())) => None,
-        (Encoding::ServerSentEvents, Err(status)) => {
-            let http = error::http_status(status.code());
-            let json = error::rest_json(&status, http, pool);
-            Some(Bytes::from(format!("event: error\ndata: {json}\n\n")))
-        }
-        (_, end) => Some(end_of_stream(end.err().as_ref())),
-    }
 }
 
 fn end_of_stream(status: Option<&Status>) -> Bytes {

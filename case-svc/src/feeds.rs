@@ -140,12 +140,12 @@ impl Subscription {
     pub fn ask(&self, position: i64) -> Result<(), CaseError> {
         self.place.position.store(position, Ordering::Relaxed);
         self.place.asked.store(self.feeds.now(), Ordering::Relaxed);
-        match self.place.cut_off.load(Ordering::Relaxed) {
-            true => Err(CaseError::SlowConsumer {
+        if self.place.cut_off.load(Ordering::Relaxed) {
+            return Err(CaseError::SlowConsumer {
                 behind: self.feeds.settings.buffer,
-            }),
-            false => Ok(()),
+            });
         }
+        Ok(())
     }
 }
 

@@ -992,3 +992,23 @@ async fn an_event_stream_that_fails_after_it_started_ends_with_an_error_event() 
     assert_eq!(error["error"]["status"], "DEADLINE_EXCEEDED", "{error}");
     assert_eq!(error["error"]["code"], 504);
 }
+
+#[tokio::test]
+async fn a_deleted_user_takes_their_events_with_them() {
+    let app = CaseSvc::start(|_| {}).await;
+    let mut alice = As::user(&app, "alice").await;
+    let mut bob = As::user(&app, "bob").await;
+    alice.create("hers").await;
+    alice.create("hers too").await;
+    bob.create("his").await;
+    assert_eq!(app.db.count_events("alice").await, 2);
+
+    // Better Auth deletes the user; everything of theirs goes with them.
+    app.db.delete_user("alice").await;
+    assert_eq!(
+        app.db.count_events("alice").await,
+        0,
+        "alice's events are gone"
+    );
+    assert_eq!(app.db.count_events("bob").await, 1, "bob's stay");
+}

@@ -995,20 +995,21 @@ async fn an_event_stream_that_fails_after_it_started_ends_with_an_error_event() 
 
 #[tokio::test]
 async fn a_deleted_user_takes_their_events_with_them() {
+    const EVENTS_OF: &str = "SELECT count(*) FROM case_events WHERE user_id = $1";
     let app = CaseSvc::start(|_| {}).await;
     let mut alice = As::user(&app, "alice").await;
     let mut bob = As::user(&app, "bob").await;
     alice.create("hers").await;
     alice.create("hers too").await;
     bob.create("his").await;
-    assert_eq!(app.db.count_events("alice").await, 2);
+    assert_eq!(app.db.count(EVENTS_OF, "alice").await, 2);
 
     // Better Auth deletes the user; everything of theirs goes with them.
     app.db.delete_user("alice").await;
     assert_eq!(
-        app.db.count_events("alice").await,
+        app.db.count(EVENTS_OF, "alice").await,
         0,
         "alice's events are gone"
     );
-    assert_eq!(app.db.count_events("bob").await, 1, "bob's stay");
+    assert_eq!(app.db.count(EVENTS_OF, "bob").await, 1, "bob's stay");
 }

@@ -396,26 +396,6 @@ impl TestDb {
         }
     }
 
-    /// How many events the log holds for `user_id`, read directly.
-    pub async fn count_events(&self, user_id: &str) -> i64 {
-        let sql = "SELECT count(*) FROM case_events WHERE user_id = $1";
-        if self.is_postgres() {
-            let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
-            sqlx::query_scalar(sql)
-                .bind(user_id)
-                .fetch_one(&mut conn)
-                .await
-                .unwrap()
-        } else {
-            let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
-            sqlx::query_scalar(sql)
-                .bind(user_id)
-                .fetch_one(&mut conn)
-                .await
-                .unwrap()
-        }
-    }
-
     pub async fn delete_user(&self, id: &str) {
         let sql = r#"DELETE FROM "user" WHERE "id" = $1"#;
         if self.is_postgres() {

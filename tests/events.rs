@@ -381,7 +381,9 @@ async fn a_write_that_started_first_is_never_skipped_by_one_that_commits_first()
         .await
         .unwrap();
     let feeds = Feeds::new(db.clone(), app.case_config().feed_settings(), &server);
-    let store = CaseStore::open(db.clone(), feeds).await.unwrap();
+    let store = CaseStore::open(db.clone(), feeds, app.case_config().create_batching())
+        .await
+        .unwrap();
     let owner = casebook::auth::UserId::new("alice");
     let id = case_svc::resource::CaseId::parse_name(&case.name, "name").unwrap();
     let row = store.get(&owner, id).await.unwrap();
@@ -675,6 +677,116 @@ async fn a_write_on_one_replica_reaches_watchers_on_both_even_after_the_listener
     assert!(reconnected);
     let third = writer.create("third").await;
     assert_eq!(watch_two.event().await.r#case, third.name);
+}
+
+/// PostgreSQL only: creates that arrive while the writer is busy share
+/// one statement, and each still gets its own outcome: its own case (or,
+/// for a repeated idempotency key, the first one's), its own event with
+/// the owner's next `seq`, or its own error.
+#[tokio::test]
+async fn creates_queued_together_share_a_statement_and_each_keeps_its_own_outcome() {
+    let app = CaseSvc::start(|c| c.create_writers = 1).await;
+    if !app.db.is_postgres() {
+        eprintln!("SQLite writes each create on its own: create batching is a PostgreSQL test");
+        return;
+    }
+    let mut alice = As::user(&app, "alice").await;
+    let mut bob = As::user(&app, "bob").await;
+    let carol = As::user(&app, "carol").await;
+    app.db.delete_user("carol").await;
+    let mut watch = alice.watch("", "").await;
+
+    // The writer's first statement waits on the lock; the rest queue.
+    let lock = app.db.block_case_writes().await;
+    const KEY: &str = "8f4b1e70-5d2a-4c1b-9a3e-2f6d7c8b9a01";
+    let calls = [
+        (&alice, "a1", ""),
+        (&alice, "a2", ""),
+        (&alice, "a3", KEY),
+        (&alice, "a3 again", KEY),
+        (&bob, "b1", ""),
+        (&bob, "b2", ""),
+        (&carol, "c1", ""),
+    ];
+    let pending: Vec<_> = calls
+        .iter()
+        .map(|(user, title, key)| {
+            let mut client = user.client.clone();
+            let request = CreateCaseRequest {
+                case: Some(Case {
+                    title: (*title).to_owned(),
+                    r#type: Type::Question as i32,
+                    ..Case::default()
+                }),
+                request_id: (*key).to_owned(),
+            };
+            let request = bearer(request, &user.token);
+            tokio::spawn(async move { client.create_case(request).await })
+        })
+        .collect();
+    let counter = |name: &str| -> f64 {
+        let text = app.metrics.render();
+        let line = text.lines().find(|l| l.starts_with(name));
+        line.and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_default()
+    };
+    let all_queued = common::eventually(STEP, async || {
+        counter("casebook_case_create_batched_total") + counter("casebook_case_create_queued")
+            == calls.len() as f64
+    })
+    .await;
+    assert!(all_queued, "the creates did not all reach the queue");
+    lock.release().await;
+    let mut outcomes = Vec::new();
+    for call in pending {
+        outcomes.push(call.await.unwrap().map(tonic::Response::into_inner));
+    }
+    let batches = counter("casebook_case_create_batches_total");
+    assert!(
+        (1.0..=2.0).contains(&batches),
+        "{} creates took {batches} statements",
+        calls.len()
+    );
+
+    let created: Vec<Case> = outcomes[..6].iter().map(|o| o.clone().unwrap()).collect();
+    assert_eq!(
+        created[2].name, created[3].name,
+        "one case per idempotency key"
+    );
+    assert_eq!(created[3].title, "a3");
+    let error = outcomes[6].as_ref().unwrap_err();
+    assert_reason(error, Code::NotFound, "USER_NOT_FOUND");
+
+    let mut seqs = Vec::new();
+    for case in &created[..3] {
+        let event = watch.event().await;
+        assert_eq!(event.kind, Kind::Created as i32);
+        assert_eq!(
+            event.r#case, case.name,
+            "alice's events in the order queued"
+        );
+        assert_eq!(event.actor, "users/alice");
+        seqs.push(seq(&event));
+    }
+    assert_eq!(
+        seqs,
+        [seqs[0], seqs[0] + 1, seqs[0] + 2],
+        "consecutive, no gap"
+    );
+    for case in &created[4..] {
+        let (events, _) = bob.history(&case.name, 10, "").await;
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].actor, "users/bob");
+        assert_eq!(change(&events[0], "title").1, case.title);
+    }
+    let orphans = app
+        .db
+        .count(
+            "SELECT count(*) FROM case_events WHERE user_id = $1",
+            "carol",
+        )
+        .await;
+    assert_eq!(orphans, 0, "the refused create recorded nothing");
 }
 
 /// Server-Sent Events as a browser's `EventSource` reads them.

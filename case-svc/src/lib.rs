@@ -13,6 +13,7 @@
 //! - `service`: the handlers, parse → store → convert.
 
 mod convert;
+pub mod create_queue;
 pub mod error;
 pub mod events;
 pub mod feeds;
@@ -37,6 +38,7 @@ use casebook::{
 };
 use clap::Parser;
 
+use create_queue::CreateBatching;
 use feeds::{FeedSettings, Feeds};
 pub use service::CaseApi;
 
@@ -73,6 +75,13 @@ pub struct Config {
     /// Open WatchCases streams per user (per process).
     #[arg(long, env = "MAX_WATCHES_PER_USER", default_value_t = 32)]
     pub max_watches_per_user: usize,
+    /// PostgreSQL: statements writing creates at once, each on a pool
+    /// connection. Creates that arrive while all are busy share the next.
+    #[arg(long, env = "CREATE_WRITERS", default_value_t = 4)]
+    pub create_writers: usize,
+    /// PostgreSQL: the most creates one statement writes.
+    #[arg(long, env = "CREATE_BATCH", default_value_t = 64)]
+    pub create_batch: usize,
     /// Auth, database, listener and logging settings.
     #[command(flatten)]
     pub service: ServiceArgs,
@@ -95,6 +104,14 @@ impl Config {
         }
     }
 
+    /// How creates share statements on PostgreSQL.
+    pub fn create_batching(&self) -> CreateBatching {
+        CreateBatching {
+            writers: self.create_writers,
+            max_batch: self.create_batch,
+        }
+    }
+
     /// Where to listen: `CASE_SVC_ADDR`, else `0.0.0.0:$PORT`, else `127.0.0.1:50052`.
     pub fn listen(&self) -> SocketAddr {
         let default = SocketAddr::from(([127, 0, 0, 1], 50052));
@@ -112,7 +129,7 @@ pub async fn build(config: Config, metrics: &Metrics) -> Result<RunningServer, S
     verifier.report_to(&metrics);
     let db = Database::connect(&config.service.database, &metrics).await?;
     let feeds = Feeds::new(db.clone(), config.feed_settings(), &metrics);
-    let store = store::CaseStore::open(db.clone(), Arc::clone(&feeds))
+    let store = store::CaseStore::open(db.clone(), Arc::clone(&feeds), config.create_batching())
         .await
         .map_err(|e| match e {
             store::OpenError::Schema(schema) => StartError::Schema(schema),
@@ -122,6 +139,7 @@ pub async fn build(config: Config, metrics: &Metrics) -> Result<RunningServer, S
         .page_token_secret()
         .await
         .map_err(|e| StartError::Storage(Box::new(e)))?;
+    store.report_to(&metrics);
     let store = Arc::new(store);
     let listener = server::bind(config.listen()).await?;
     verifier.keys().start();

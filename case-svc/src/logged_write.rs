@@ -53,10 +53,14 @@ pub struct Event<'a> {
 }
 
 impl Event<'_> {
+    /// The changes as `case_events.changes` stores them.
+    pub fn changes_json(&self) -> Result<String, CaseError> {
+        serde_json::to_string(&self.changes).map_err(|e| CaseError::CorruptRow(e.to_string()))
+    }
+
     /// The values of `$kind, $actor, $request_id, $changes`, in that order.
     fn args(&self) -> Result<[Arg; 4], CaseError> {
-        let changes = serde_json::to_string(&self.changes)
-            .map_err(|e| CaseError::CorruptRow(e.to_string()))?;
+        let changes = self.changes_json()?;
         Ok([
             self.kind.as_str_name().into(),
             self.caller
@@ -163,7 +167,7 @@ fn placeholders(statement: &str) -> usize {
 }
 
 /// A write whose owner has no Better Auth row is refused by the foreign key.
-fn write_error(error: sqlx::Error) -> CaseError {
+pub fn write_error(error: sqlx::Error) -> CaseError {
     match &error {
         sqlx::Error::Database(db) if db.is_foreign_key_violation() => CaseError::UnknownOwner,
         _ => CaseError::Database(error),

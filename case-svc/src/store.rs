@@ -18,12 +18,14 @@ use casebook::{
         Database, Pool,
         sql::{Arg, Sql, SqlBuilder},
     },
+    metrics::ServerMetrics,
     pb::casebook::cases::v1::case_event::Kind,
     sql,
 };
 use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::{
+    create_queue::{CreateBatching, CreateQueue, QueuedCreate},
     error::CaseError,
     events::{EventLog, changes},
     feeds::Feeds,
@@ -202,11 +204,16 @@ macro_rules! case_columns {
     };
 }
 
+/// [`case_columns!`] as a value, for statements assembled at run time.
+pub const CASE_COLUMNS: &str = case_columns!();
+
 /// The cases table, and the event log written with every change to it.
 pub struct CaseStore {
     db: Database,
     log: EventLog,
     feeds: Arc<Feeds>,
+    /// PostgreSQL: concurrent creates share a statement.
+    creates: Option<CreateQueue>,
 }
 
 impl CaseStore {
@@ -214,11 +221,20 @@ impl CaseStore {
     /// migrator holds an advisory lock, so replicas starting together migrate
     /// once. SQLite has no such lock: there the loser of a race fails that
     /// migration's transaction, and simply runs the migrator again, which
-    /// then finds it applied. Every committed change wakes `feeds`.
-    pub async fn open(db: Database, feeds: Arc<Feeds>) -> Result<Self, OpenError> {
+    /// then finds it applied. Every committed change wakes `feeds`. On
+    /// PostgreSQL creates are written in batches as `batching` says.
+    pub async fn open(
+        db: Database,
+        feeds: Arc<Feeds>,
+        batching: CreateBatching,
+    ) -> Result<Self, OpenError> {
         casebook::db::users::UserDirectory::open(db.clone()).await?;
+        let mut creates = None;
         match db.pool() {
-            Pool::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+            Pool::Postgres(pool) => {
+                POSTGRES_MIGRATIONS.run(pool).await?;
+                creates = Some(CreateQueue::start(db.clone(), batching));
+            }
             Pool::Sqlite(pool) => {
                 // Each failure means another process applied that migration,
                 // so every attempt gets further: one more than there are
@@ -236,7 +252,15 @@ impl CaseStore {
             log: EventLog::new(db.clone()),
             db,
             feeds,
+            creates,
         })
+    }
+
+    /// Reports the create batches in `metrics` (PostgreSQL).
+    pub fn report_to(&self, metrics: &ServerMetrics) {
+        if let Some(creates) = &self.creates {
+            creates.report_to(metrics);
+        }
     }
 
     /// The event log.
@@ -275,9 +299,9 @@ impl CaseStore {
         Ok(STANDARD.decode(stored).unwrap_or_else(|_| fresh.to_vec()))
     }
 
-    /// Inserts a case and its `CREATED` event. With an idempotency key the
-    /// owner already used, returns the case that key created instead (and
-    /// records nothing).
+    /// Inserts a case and its `CREATED` event (on PostgreSQL through the
+    /// create queue). With an idempotency key the owner already used,
+    /// returns the case that key created instead (and records nothing).
     pub async fn create(&self, caller: &Caller, new: &NewCase) -> Result<CaseRow, CaseError> {
         static INSERT: LoggedWrite = LoggedWrite::new(concat!(
             "INSERT INTO cases (id, user_id, title, description, status, type, version, created_at, updated_at, request_id) \
@@ -297,9 +321,28 @@ impl CaseStore {
             caller: Some(caller),
             changes: changes(None, &row),
         };
-        let mut args = row.content_args();
-        args.push(key.into());
-        if let Some(row) = self.write(&INSERT, &caller.owner, args, &event).await? {
+        let written = match &self.creates {
+            Some(queue) => {
+                let create = QueuedCreate {
+                    key: key.map(str::to_owned),
+                    actor: caller.owner.as_str().to_owned(),
+                    request_id: caller.request_id.clone(),
+                    changes: event.changes_json()?,
+                    row,
+                };
+                let written = queue.write(create).await?;
+                if written.is_some() {
+                    self.feeds.committed(&caller.owner);
+                }
+                written
+            }
+            None => {
+                let mut args = row.content_args();
+                args.push(key.into());
+                self.write(&INSERT, &caller.owner, args, &event).await?
+            }
+        };
+        if let Some(row) = written {
             return Ok(row);
         }
         // Only a used idempotency key makes the insert do nothing.

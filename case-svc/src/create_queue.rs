@@ -16,9 +16,10 @@
 //! `seq`s in the order they were queued, taken under the owner's head row
 //! lock as a single create takes its one (see `logged_write`). Owners' head
 //! rows are locked in `user_id` order, so two batches never wait for each
-//! other in opposite orders. If a batch fails, each of its creates is
-//! written again on its own, so an error (a deleted owner's foreign key,
-//! say) reaches only the create that caused it.
+//! other in opposite orders. If a row fails a batch (a deleted owner's
+//! foreign key, say), each of its creates is written again on its own, so
+//! the error reaches only the create that caused it; if the database is
+//! out of reach, every create of the batch gets that transient error.
 //!
 //! A create whose caller goes away once it is queued is still written, as
 //! a statement already sent would be.
@@ -171,8 +172,7 @@ async fn write_batches(
             .creates
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let creates: Vec<&QueuedCreate> = batch.iter().map(|job| &job.create).collect();
-        let written = insert(&db, &creates).await;
-        match written {
+        match insert(&db, &creates).await {
             Ok(rows) => {
                 for job in batch.drain(..) {
                     let row = rows.iter().find(|row| row.id == job.create.row.id);
@@ -184,7 +184,14 @@ async fn write_batches(
                     let _ = job.reply.send(Err(error));
                 }
             }
-            // Each on its own, so that only the create at fault fails.
+            // The database is out of reach: one by one would only wait again.
+            Err(CaseError::Database(error)) if casebook::db::is_transient(&error) => {
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(CaseError::Database(again(&error))));
+                }
+            }
+            // A row failed the statement: each on its own, so that only the
+            // create at fault fails.
             Err(_) => {
                 for job in batch.drain(..) {
                     let written = insert(&db, &[&job.create]).await;
@@ -192,6 +199,17 @@ async fn write_batches(
                 }
             }
         }
+    }
+}
+
+/// A transient `error` once more, for each create of the batch it failed
+/// (`sqlx::Error` is not `Clone`); still transient, so still `UNAVAILABLE`.
+fn again(error: &sqlx::Error) -> sqlx::Error {
+    match error {
+        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+        sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
+        other => sqlx::Error::Io(std::io::Error::other(other.to_string())),
     }
 }
 

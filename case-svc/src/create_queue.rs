@@ -51,15 +51,14 @@ pub struct CreateBatching {
     pub max_batch: usize,
 }
 
-/// A create as it is queued: the row, its idempotency key and its event.
+/// A create as it is queued: the row, its idempotency key and what its
+/// event records besides the row (the actor is the owner).
 #[derive(Debug)]
 pub struct QueuedCreate {
     /// The row to insert.
     pub row: CaseRow,
     /// The caller's idempotency key, if any.
     pub key: Option<String>,
-    /// Who creates it.
-    pub actor: String,
     /// The call's request id, recorded in the event.
     pub request_id: Option<String>,
     /// The event's changes, as stored (JSON).
@@ -219,8 +218,8 @@ async fn insert(db: &Database, creates: &[&QueuedCreate]) -> Result<Vec<CaseRow>
     static INSERT: LazyLock<String> = LazyLock::new(|| {
         format!(
             "WITH input AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                 $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[]) WITH ORDINALITY \
-                 AS input (id, user_id, title, description, status, type, at, key, actor, request_id, changes, ord)), \
+                 $6::text[], $7::text[], $8::text[], $9::text[], $10::text[]) WITH ORDINALITY \
+                 AS input (id, user_id, title, description, status, type, at, key, request_id, changes, ord)), \
          written AS (INSERT INTO cases (id, user_id, title, description, status, type, version, created_at, updated_at, request_id) \
                  SELECT id::uuid, user_id, title, description, status::case_status, type::case_type, 1, \
                  at::timestamptz, at::timestamptz, key FROM input ORDER BY ord \
@@ -233,7 +232,7 @@ async fn insert(db: &Database, creates: &[&QueuedCreate]) -> Result<Vec<CaseRow>
                  (user_id, seq, case_id, kind, actor, request_id, status, type, version, changes, created_at) \
                  SELECT written.user_id, \
                  head.seq - counted.n + row_number() OVER (PARTITION BY written.user_id ORDER BY input.ord), \
-                 written.id::uuid, 'CREATED', input.actor, input.request_id, written.status::case_status, \
+                 written.id::uuid, 'CREATED', written.user_id, input.request_id, written.status::case_status, \
                  written.type::case_type, written.version, input.changes, written.updated_at \
                  FROM written JOIN input ON input.id = written.id \
                  JOIN counted ON counted.user_id = written.user_id JOIN head ON head.user_id = written.user_id) \
@@ -256,7 +255,6 @@ async fn insert(db: &Database, creates: &[&QueuedCreate]) -> Result<Vec<CaseRow>
         .bind(column(|c| Some(c.row.kind.clone())))
         .bind(column(|c| Some(sql_time(c.row.created_at))))
         .bind(column(|c| c.key.clone()))
-        .bind(column(|c| Some(c.actor.clone())))
         .bind(column(|c| c.request_id.clone()))
         .bind(column(|c| Some(c.changes.clone())))
         .fetch_all(&mut *connection)

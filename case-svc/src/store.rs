@@ -303,6 +303,7 @@ impl CaseStore {
     /// create queue). With an idempotency key the owner already used,
     /// returns the case that key created instead (and records nothing).
     pub async fn create(&self, caller: &Caller, new: &NewCase) -> Result<CaseRow, CaseError> {
+        // SQLite's create; PostgreSQL's go through the create queue.
         static INSERT: LoggedWrite = LoggedWrite::new(concat!(
             "INSERT INTO cases (id, user_id, title, description, status, type, version, created_at, updated_at, request_id) \
              VALUES ($1::uuid, $2, $3, $4, $5::case_status, $6::case_type, $7, $8::timestamptz, $9::timestamptz, $10) \
@@ -325,24 +326,20 @@ impl CaseStore {
             Some(queue) => {
                 let create = QueuedCreate {
                     key: key.map(str::to_owned),
-                    actor: caller.owner.as_str().to_owned(),
                     request_id: caller.request_id.clone(),
                     changes: event.changes_json()?,
                     row,
                 };
-                let written = queue.write(create).await?;
-                if written.is_some() {
-                    self.feeds.committed(&caller.owner);
-                }
-                written
+                queue.write(create).await?
             }
             None => {
                 let mut args = row.content_args();
                 args.push(key.into());
-                self.write(&INSERT, &caller.owner, args, &event).await?
+                INSERT.run(&self.db, &caller.owner, args, &event).await?
             }
         };
         if let Some(row) = written {
+            self.feeds.committed(&caller.owner);
             return Ok(row);
         }
         // Only a used idempotency key makes the insert do nothing.

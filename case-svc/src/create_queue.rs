@@ -14,9 +14,11 @@
 //! nobody; batches form only while every writer is busy, which is exactly
 //! when sharing pays. Each owner's creates in a batch get consecutive
 //! `seq`s in the order they were queued, taken under the owner's head row
-//! lock as a single create takes its one (see `logged_write`). Owners' head
-//! rows are locked in `user_id` order, so two batches never wait for each
-//! other in opposite orders. If a row fails a batch (a deleted owner's
+//! lock as a single create takes its one (see `logged_write`). Rows are
+//! inserted, and owners' head rows locked, in `user_id` (then idempotency
+//! key) order, so two batches never wait for each other in opposite
+//! orders, at head rows or at a key both insert; of two creates with one
+//! key, the first queued wins. If a row fails a batch (a deleted owner's
 //! foreign key, say), each of its creates is written again on its own, so
 //! the error reaches only the create that caused it; if the database is
 //! out of reach, every create of the batch gets that transient error.
@@ -222,7 +224,7 @@ async fn insert(db: &Database, creates: &[&QueuedCreate]) -> Result<Vec<CaseRow>
                  AS input (id, user_id, title, description, status, type, at, key, request_id, changes, ord)), \
          written AS (INSERT INTO cases (id, user_id, title, description, status, type, version, created_at, updated_at, request_id) \
                  SELECT id::uuid, user_id, title, description, status::case_status, type::case_type, 1, \
-                 at::timestamptz, at::timestamptz, key FROM input ORDER BY ord \
+                 at::timestamptz, at::timestamptz, key FROM input ORDER BY user_id, key, ord \
                  ON CONFLICT (user_id, request_id) WHERE request_id IS NOT NULL DO NOTHING RETURNING {CASE_COLUMNS}), \
          counted AS (SELECT user_id, count(*) AS n FROM written GROUP BY user_id), \
          head AS (INSERT INTO case_event_heads (user_id, seq) SELECT user_id, n FROM counted ORDER BY user_id \

@@ -36,7 +36,7 @@ use casebook::{
     pb::casebook::cases::v1::case_service_server::CaseServiceServer,
     server::{self, GrpcServer, RunningServer, StartError},
 };
-use clap::Parser;
+use clap::{Parser, builder::RangedU64ValueParser};
 
 use create_queue::CreateBatching;
 use feeds::{FeedSettings, Feeds};
@@ -77,10 +77,12 @@ pub struct Config {
     pub max_watches_per_user: usize,
     /// PostgreSQL: statements writing creates at once, each on a pool
     /// connection. Creates that arrive while all are busy share the next.
-    #[arg(long, env = "CREATE_WRITERS", default_value_t = 4)]
+    #[arg(long, env = "CREATE_WRITERS", default_value_t = 4,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub create_writers: usize,
     /// PostgreSQL: the most creates one statement writes.
-    #[arg(long, env = "CREATE_BATCH", default_value_t = 64)]
+    #[arg(long, env = "CREATE_BATCH", default_value_t = 64,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=1000))]
     pub create_batch: usize,
     /// Auth, database, listener and logging settings.
     #[command(flatten)]

@@ -312,6 +312,16 @@ impl Samples {
             value,
         });
     }
+
+    /// Adds unlabelled running totals, each `(name, help, value)`.
+    pub fn counters(
+        &mut self,
+        counters: impl IntoIterator<Item = (&'static str, &'static str, u64)>,
+    ) {
+        for (name, help, value) in counters {
+            self.push(name, help, SampleKind::Counter, vec![], value as f64);
+        }
+    }
 }
 
 /// A reader of state owned elsewhere; `false` once that state is gone.

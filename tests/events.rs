@@ -607,10 +607,7 @@ async fn a_consumer_that_stops_reading_is_cut_off_and_resumes_where_it_was() {
     let mut made = Vec::new();
     let cut_off = common::eventually(STEP, async || {
         made.push(alice.create(&format!("burst {}", made.len())).await.name);
-        app.metrics
-            .render()
-            .lines()
-            .any(|l| l.starts_with("casebook_watch_slow_consumers_total") && l.ends_with(" 1.0"))
+        app.sample("casebook_watch_slow_consumers_total") == Some(1.0)
     })
     .await;
     assert!(cut_off);
@@ -669,9 +666,8 @@ async fn a_write_on_one_replica_reaches_watchers_on_both_even_after_the_listener
     let second = writer.create("second").await;
     assert_eq!(watch_two.event().await.r#case, second.name);
     let reconnected = common::eventually(STEP, async || {
-        two.metrics.render().lines().any(|l| {
-            l.starts_with("casebook_watch_listener_reconnects_total") && !l.ends_with(" 0.0")
-        })
+        two.sample("casebook_watch_listener_reconnects_total")
+            .is_some_and(|reconnects| reconnects > 0.0)
     })
     .await;
     assert!(reconnected);
@@ -724,12 +720,7 @@ async fn creates_queued_together_share_a_statement_and_each_keeps_its_own_outcom
             tokio::spawn(async move { client.create_case(request).await })
         })
         .collect();
-    let counter = |name: &str| -> f64 {
-        let text = app.metrics.render();
-        let line = text.lines().find(|l| l.starts_with(name));
-        line.and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or_default()
-    };
+    let counter = |name: &str| app.sample(name).unwrap_or_default();
     let all_queued = common::eventually(STEP, async || {
         counter("casebook_case_create_batched_total") + counter("casebook_case_create_queued")
             == calls.len() as f64

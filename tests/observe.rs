@@ -123,11 +123,9 @@ async fn calls_and_rejections_are_counted_and_served_on_the_metrics_endpoint() {
 fn pool_gauge(app: &CaseSvc, name: &str, state: Option<&str>) -> Option<f64> {
     let database = casebook::db::redact(app.env.db.url());
     let state = state.map_or(String::new(), |s| format!(r#",state="{s}""#));
-    let prefix = format!(r#"{name}{{server="case-svc",database="{database}"{state}}} "#);
-    app.metrics
-        .render()
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix)?.parse().ok())
+    app.sample(&format!(
+        r#"{name}{{server="case-svc",database="{database}"{state}}} "#
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -134,22 +134,18 @@ impl CreateQueue {
                 vec![],
                 queued as f64,
             );
-            let counters = [
+            samples.counters([
                 (
                     "casebook_case_create_batches",
                     "Statements that wrote creates (PostgreSQL)",
-                    &counts.batches,
+                    counts.batches.load(Ordering::Relaxed),
                 ),
                 (
                     "casebook_case_create_batched",
                     "Creates taken by those statements: divided by the batches, the mean batch size",
-                    &counts.creates,
+                    counts.creates.load(Ordering::Relaxed),
                 ),
-            ];
-            for (name, help, value) in counters {
-                let value = value.load(Ordering::Relaxed) as f64;
-                samples.push(name, help, SampleKind::Counter, vec![], value);
-            }
+            ]);
             true
         });
     }

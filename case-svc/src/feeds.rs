@@ -339,22 +339,18 @@ impl Feeds {
             for (name, help, value) in gauges {
                 samples.push(name, help, SampleKind::Gauge, vec![], value);
             }
-            let counters = [
+            samples.counters([
                 (
                     "casebook_watch_slow_consumers",
                     "Watch streams cut off for taking nothing for a heartbeat period while WATCH_BUFFER events behind",
-                    &feeds.slow_consumers,
+                    feeds.slow_consumers.load(Ordering::Relaxed),
                 ),
                 (
                     "casebook_watch_listener_reconnects",
                     "Times the PostgreSQL LISTEN connection was lost and re-established",
-                    &feeds.listener_reconnects,
+                    feeds.listener_reconnects.load(Ordering::Relaxed),
                 ),
-            ];
-            for (name, help, value) in counters {
-                let value = value.load(Ordering::Relaxed) as f64;
-                samples.push(name, help, SampleKind::Counter, vec![], value);
-            }
+            ]);
             true
         });
     }

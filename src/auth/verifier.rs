@@ -88,7 +88,7 @@ impl TokenVerifier {
                 return false;
             };
             let stats = cache.stats();
-            for (name, help, value) in [
+            samples.counters([
                 (
                     "casebook_token_cache_hits",
                     "Bearer tokens found in the verified-token cache",
@@ -99,9 +99,7 @@ impl TokenVerifier {
                     "Bearer tokens verified in full",
                     stats.misses,
                 ),
-            ] {
-                samples.push(name, help, SampleKind::Counter, vec![], value as f64);
-            }
+            ]);
             let rejections = rejections.lock().unwrap_or_else(PoisonError::into_inner);
             for (reason, count) in rejections.iter() {
                 samples.push(

@@ -547,6 +547,16 @@ impl std::ops::Deref for Running {
 }
 
 impl Running {
+    /// The value of the first sample in this service's metrics whose series
+    /// (`name{labels}`) starts with `series`.
+    pub fn sample(&self, series: &str) -> Option<f64> {
+        self.metrics
+            .render()
+            .lines()
+            .filter(|line| line.starts_with(series))
+            .find_map(|line| line.rsplit(' ').next()?.parse().ok())
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.server.local_addr()
     }
